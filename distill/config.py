@@ -1,0 +1,302 @@
+"""Typed configuration for every stage; YAML is only its serialised form.
+
+A pipeline file holds the shared parts (``run_dir``, ``tasks``) and one section per
+stage. Loading is strict: an unknown key, a wrong type or a contradiction raises
+``ConfigError`` naming the key, before any model is loaded.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from distill.errors import ConfigError
+
+DATA_SUFFIXES = (".jsonl", ".json", ".csv", ".parquet")
+SPLITS = ("train", "validation", "test")
+
+
+@dataclass
+class TaskConfig:
+    """One task: classification (text → label) or summarization (document → summary)."""
+
+    name: str
+    """Identifier used in outputs, losses and the report."""
+    kind: Literal["classification", "summarization"]
+    data: dict[str, str]
+    """Split name → local .jsonl/.json/.csv/.parquet file, or ``hub:NAME[:CONFIG]``."""
+    text_field: str = "text"
+    """Classification: the input text column."""
+    text_pair_field: str | None = None
+    """Classification: optional second text column (sentence pairs)."""
+    label_field: str | None = "label"
+    """Classification: gold label column; rows may lack it (then the teacher's argmax is the hard label)."""
+    labels: dict[str, str] = field(default_factory=dict)
+    """Classification: label → verbalizer, the word the teacher answers with."""
+    document_field: str = "document"
+    """Summarization: the document column."""
+    reference_field: str | None = "summary"
+    """Summarization: optional reference summary column."""
+    instruction: str | None = None
+    """Overrides the default prompt instruction for this task."""
+    max_rows: dict[str, int] = field(default_factory=dict)
+    """Split → number of rows to use (the first N); absent means all."""
+    max_chars: int = 20000
+    """Inputs longer than this are an error rather than a silent truncation."""
+
+    def __post_init__(self) -> None:
+        where = f"tasks.{self.name}"
+        if self.kind == "classification":
+            if len(self.labels) < 2:
+                raise ConfigError(f"{where}.labels: a classification task needs at least two labels")
+            for label, verbalizer in self.labels.items():
+                if not str(verbalizer).strip():
+                    raise ConfigError(f"{where}.labels.{label}: empty verbalizer")
+        elif self.labels:
+            raise ConfigError(f"{where}.labels: only classification tasks take labels")
+        for split, source in self.data.items():
+            if split not in SPLITS:
+                raise ConfigError(f"{where}.data.{split}: unknown split (expected one of {', '.join(SPLITS)})")
+            if not source.startswith("hub:") and not source.endswith(DATA_SUFFIXES):
+                raise ConfigError(
+                    f"{where}.data.{split}: {source!r} is neither a {'/'.join(DATA_SUFFIXES)} file nor hub:NAME"
+                )
+        for split, n in self.max_rows.items():
+            if split not in self.data:
+                raise ConfigError(f"{where}.max_rows.{split}: no such split in data")
+            if n <= 0:
+                raise ConfigError(f"{where}.max_rows.{split}: must be positive")
+
+    @property
+    def label_names(self) -> list[str]:
+        return list(self.labels)
+
+
+@dataclass
+class TeacherConfig:
+    """The model that labels and summarises."""
+
+    backend: Literal["local"] = "local"
+    model: str = "smollm2-135m-instruct"
+    """A bundled alias (smollm2-135m-instruct), a local transformers folder, or a hub name."""
+    batch_size: int = 8
+    max_input_tokens: int = 384
+    """Prompts are truncated (from the document's end) to this many tokens."""
+    max_new_tokens: int = 64
+    """Summary length limit."""
+    dtype: Literal["float32", "bfloat16"] = "float32"
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+
+
+@dataclass
+class TeachConfig:
+    teacher: TeacherConfig = field(default_factory=TeacherConfig)
+    splits: list[str] = field(default_factory=lambda: ["train", "test"])
+    """Splits the teacher answers: train for distillation, test so eval can compare."""
+    few_shot: int = 0
+    """Labeled train examples shown in each classification prompt."""
+    cache: str | None = None
+    """SQLite answer cache; default $DISTILL_CACHE or ~/.cache/distill/teacher.sqlite."""
+
+    def __post_init__(self) -> None:
+        for split in self.splits:
+            if split not in SPLITS:
+                raise ConfigError(f"teach.splits: unknown split {split!r}")
+        if self.few_shot < 0:
+            raise ConfigError("teach.few_shot: must be >= 0")
+
+
+@dataclass
+class StudentConfig:
+    encoder: str = "all-minilm-l6-v2"
+    """A bundled alias (all-minilm-l6-v2), a local BERT-style folder, or a hub name."""
+    max_length: int = 128
+    """Classification input tokens."""
+    max_document_length: int = 256
+    max_summary_length: int = 64
+    dropout: float = 0.1
+
+
+@dataclass
+class TrainConfig:
+    student: StudentConfig = field(default_factory=StudentConfig)
+    deepspeed: str = "pipelines/deepspeed/zero0_fp32.json"
+    """DeepSpeed JSON: ZeRO stage, precision, clipping. Batch size and optimizer come from here, not it."""
+    epochs: int = 2
+    batch_size: int = 16
+    """Per-process micro-batch for classification tasks."""
+    summary_batch_size: int = 4
+    """Per-process micro-batch for summarization tasks."""
+    lr: float = 5e-5
+    weight_decay: float = 0.01
+    warmup_ratio: float = 0.1
+    kd_temperature: float = 2.0
+    soft_weight: float = 0.5
+    """Classification loss = soft_weight · T²·KL(teacher‖student) + (1 − soft_weight) · CE(hard label)."""
+    task_weights: dict[str, float] = field(default_factory=dict)
+    """Task name → static loss weight (default 1.0)."""
+    checkpoint_every: int = 50
+    keep_checkpoints: int = 2
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.kd_temperature <= 0:
+            raise ConfigError("train.kd_temperature: must be > 0")
+        if not 0.0 <= self.soft_weight <= 1.0:
+            raise ConfigError("train.soft_weight: must be within [0, 1]")
+        for key in ("epochs", "batch_size", "summary_batch_size", "checkpoint_every", "keep_checkpoints"):
+            if getattr(self, key) < 1:
+                raise ConfigError(f"train.{key}: must be >= 1")
+
+
+@dataclass
+class EvalConfig:
+    split: str = "test"
+    batch_size: int = 32
+    latency_items: int = 16
+    """Items timed one at a time for p50/p95 latency."""
+    throughput_items: int = 64
+    """Items timed in batches for items/s (teacher and student alike)."""
+    max_new_tokens: int = 64
+    gates: dict[str, float] = field(default_factory=dict)
+    """report.json path (dots) → minimum value; a miss exits non-zero, e.g. fine_foods.student.accuracy: 0.6."""
+
+
+@dataclass
+class PipelineConfig:
+    run_dir: str
+    tasks: list[TaskConfig]
+    teach: TeachConfig = field(default_factory=TeachConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+    def __post_init__(self) -> None:
+        names = [t.name for t in self.tasks]
+        if not names:
+            raise ConfigError("tasks: at least one task is needed")
+        if len(set(names)) != len(names):
+            raise ConfigError(f"tasks: duplicate task names in {names}")
+        for name in self.train.task_weights:
+            if name not in names:
+                raise ConfigError(f"train.task_weights.{name}: no such task")
+        for task in self.tasks:
+            for split in self.teach.splits:
+                if split not in task.data:
+                    raise ConfigError(f"teach.splits: task {task.name} has no {split} split in data")
+            if "train" not in task.data:
+                raise ConfigError(f"tasks.{task.name}.data: a train split is required")
+            if self.eval.split not in task.data:
+                raise ConfigError(f"eval.split: task {task.name} has no {self.eval.split} split in data")
+        if self.eval.split not in self.teach.splits:
+            raise ConfigError(f"eval.split: {self.eval.split!r} must be among teach.splits to compare with the teacher")
+
+    @property
+    def path(self) -> Path:
+        return Path(self.run_dir)
+
+    def to_dict(self) -> dict[str, Any]:
+        data = dataclasses.asdict(self)
+        data["tasks"] = [dataclasses.asdict(t) for t in self.tasks]
+        return data
+
+
+def _build(cls: Any, value: Any, where: str) -> Any:
+    """Turn plain YAML data into ``cls``, checking keys and types on the way down."""
+    origin = typing.get_origin(cls)
+    args = typing.get_args(cls)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        return _build(inner[0], value, where)
+    if origin is Literal:
+        if value not in args:
+            raise ConfigError(f"{where}: {value!r} is not one of {', '.join(map(repr, args))}")
+        return value
+    if origin is list:
+        if not isinstance(value, list):
+            raise ConfigError(f"{where}: expected a list, got {type(value).__name__}")
+        return [_build(args[0], v, f"{where}[{i}]") for i, v in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: expected a mapping, got {type(value).__name__}")
+        return {str(k): _build(args[1], v, f"{where}.{k}") for k, v in value.items()}
+    if dataclasses.is_dataclass(cls):
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where or 'config'}: expected a mapping, got {type(value).__name__}")
+        hints = typing.get_type_hints(cls)
+        fields = {f.name: f for f in dataclasses.fields(cls)}
+        unknown = sorted(set(value) - set(fields))
+        if unknown:
+            raise ConfigError(f"{_join(where, unknown[0])}: unknown key (known: {', '.join(fields)})")
+        kwargs = {}
+        for name, f in fields.items():
+            if name in value:
+                kwargs[name] = _build(hints[name], value[name], _join(where, name))
+            elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+                raise ConfigError(f"{_join(where, name)}: required key is missing")
+        return cls(**kwargs)
+    if cls is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if cls in (int, float, str, bool) and (type(value) is not cls):
+        raise ConfigError(f"{where}: expected {cls.__name__}, got {value!r}")
+    return value
+
+
+def _join(where: str, key: str) -> str:
+    return f"{where}.{key}" if where else key
+
+
+def _set(data: dict[str, Any], dotted: str, value: Any) -> None:
+    node = data
+    keys = dotted.split(".")
+    for key in keys[:-1]:
+        if key == "tasks":
+            raise ConfigError(f"--set {dotted}: use tasks.NAME.KEY")
+        node = node.setdefault(key, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"--set {dotted}: {key} is not a mapping")
+    node[keys[-1]] = value
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str]) -> None:
+    """Apply ``key.path=value`` strings; values are parsed as YAML (``3`` is an int)."""
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"--set {item!r}: expected KEY=VALUE")
+        key, raw = item.split("=", 1)
+        value = yaml.safe_load(raw)
+        if key.startswith("tasks."):
+            _, name, rest = (key.split(".", 2) + [""])[:3]
+            matches = [t for t in data.get("tasks", []) if isinstance(t, dict) and t.get("name") == name]
+            if not matches or not rest:
+                raise ConfigError(f"--set {key}: no task named {name!r}")
+            _set(matches[0], rest, value)
+        else:
+            _set(data, key, value)
+
+
+def load_pipeline(path: str | Path, overrides: list[str] | None = None) -> PipelineConfig:
+    """Read a pipeline YAML (plus ``--set`` overrides) into a validated config."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: pipeline file not found")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        at = f" line {mark.line + 1}" if mark else ""
+        raise ConfigError(f"{path}:{at} invalid YAML: {getattr(e, 'problem', e)}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping at the top level")
+    apply_overrides(data, overrides or [])
+    try:
+        return _build(PipelineConfig, data, "")
+    except ConfigError as e:
+        raise ConfigError(f"{path}: {e}") from None

@@ -1,0 +1,114 @@
+"""Reading task data with ``datasets`` and checking it before any model sees it."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+from distill.config import TaskConfig
+from distill.errors import DistillError
+
+Example = dict[str, Any]
+"""Classification: id, text, text_pair, label (gold or None). Summarization: id, document, reference."""
+
+
+def load_split(task: TaskConfig, split: str) -> list[Example]:
+    """Rows of one split as normalised examples, validated (empty text, length, labels)."""
+    source = task.data.get(split)
+    if source is None:
+        raise DistillError(f"task {task.name}: no {split} split in data")
+    rows = _read(source, split, task.name)
+    limit = task.max_rows.get(split)
+    if limit is not None:
+        rows = rows[:limit]
+    where = f"task {task.name}, {source}"
+    return [_example(task, row, i, where) for i, row in enumerate(rows)]
+
+
+def source_fingerprint(source: str) -> str:
+    """sha256 of a local data file (or the hub name itself) for manifests."""
+    path = Path(source)
+    if source.startswith("hub:") or not path.is_file():
+        return "hub:" + hashlib.sha256(source.encode()).hexdigest()
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _read(source: str, split: str, task_name: str) -> list[dict[str, Any]]:
+    import datasets
+
+    datasets.disable_progress_bars()
+    if source.startswith("hub:"):
+        name, _, config = source[4:].partition(":")
+        try:
+            ds = datasets.load_dataset(name, config or None, split=split)
+        except Exception as e:  # noqa: BLE001 - the hub raises many types; all mean "cannot read"
+            raise DistillError(f"task {task_name}: cannot load hub dataset {name!r}: {e}") from None
+        return list(ds)
+    path = Path(source)
+    if not path.is_file():
+        raise DistillError(f"task {task_name}: {split} data file {source} not found")
+    builder = {".jsonl": "json", ".json": "json", ".csv": "csv", ".parquet": "parquet"}[path.suffix]
+    try:
+        ds = datasets.load_dataset(builder, data_files=str(path), split="train")
+    except Exception as e:  # noqa: BLE001
+        raise DistillError(f"task {task_name}: cannot read {source}: {e}") from None
+    return list(ds)
+
+
+def _text(row: dict[str, Any], key: str, where: str, index: int, max_chars: int) -> str:
+    if key not in row:
+        raise DistillError(f"{where}: row {index} has no field {key!r} (fields: {', '.join(row)})")
+    value = row[key]
+    if not isinstance(value, str) or not value.strip():
+        raise DistillError(f"{where}: row {index} field {key!r} is empty")
+    if len(value) > max_chars:
+        raise DistillError(f"{where}: row {index} field {key!r} has {len(value)} characters (max_chars {max_chars})")
+    return value
+
+
+def _example(task: TaskConfig, row: dict[str, Any], index: int, where: str) -> Example:
+    ex_id = str(row.get("id", index))
+    if task.kind == "summarization":
+        reference = row.get(task.reference_field) if task.reference_field else None
+        return {
+            "id": ex_id,
+            "document": _text(row, task.document_field, where, index, task.max_chars),
+            "reference": reference if isinstance(reference, str) and reference.strip() else None,
+        }
+    label = row.get(task.label_field) if task.label_field else None
+    if label is not None:
+        label = str(label)
+        if label not in task.labels:
+            raise DistillError(
+                f"{where}: row {index} has unknown label {label!r} (labels: {', '.join(task.labels)})"
+            )
+    pair = _text(row, task.text_pair_field, where, index, task.max_chars) if task.text_pair_field else None
+    return {
+        "id": ex_id,
+        "text": _text(row, task.text_field, where, index, task.max_chars),
+        "text_pair": pair,
+        "label": label,
+    }
+
+
+def write_jsonl(path: Path, rows: list[dict[str, Any]]) -> None:
+    """The one JSONL writer: atomic, so a crash never leaves a half file behind."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    with tmp.open("w") as f:
+        for row in rows:
+            f.write(json.dumps(row, ensure_ascii=False) + "\n")
+    tmp.replace(path)
+
+
+def read_jsonl(path: Path) -> list[dict[str, Any]]:
+    if not path.is_file():
+        raise DistillError(f"{path} not found (run the stage that writes it first)")
+    with path.open() as f:
+        return [json.loads(line) for line in f if line.strip()]

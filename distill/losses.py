@@ -1,0 +1,55 @@
+"""Distillation losses as pure functions over tensors."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+IGNORE_INDEX = -100
+
+
+def soft_label_kl(student_logits: torch.Tensor, teacher_probs: torch.Tensor, temperature: float) -> torch.Tensor:
+    """T² · KL(teacher_T ‖ student_T), averaged over the batch.
+
+    student_logits: (batch, labels). teacher_probs: (batch, labels), rows sum to 1; they
+    are sharpened or softened to temperature T as p^(1/T) renormalised (the same as
+    softmax(log p / T)). The T² factor keeps gradient magnitudes comparable across T
+    (Hinton et al., 2015).
+    """
+    teacher_log = torch.log(teacher_probs.float().clamp(min=1e-12)) / temperature
+    teacher_t = teacher_log.log_softmax(-1)
+    student_t = (student_logits.float() / temperature).log_softmax(-1)
+    kl = F.kl_div(student_t, teacher_t, log_target=True, reduction="batchmean")
+    return kl * temperature**2
+
+
+def hard_label_ce(student_logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy against label indices (batch,) for logits (batch, labels)."""
+    return F.cross_entropy(student_logits.float(), labels)
+
+
+def distillation_loss(
+    student_logits: torch.Tensor,
+    teacher_probs: torch.Tensor,
+    labels: torch.Tensor,
+    temperature: float,
+    soft_weight: float,
+) -> dict[str, torch.Tensor]:
+    """soft_weight · T²·KL + (1 − soft_weight) · CE; returns the mix and both parts."""
+    kd = soft_label_kl(student_logits, teacher_probs, temperature)
+    ce = hard_label_ce(student_logits, labels)
+    return {"loss": soft_weight * kd + (1.0 - soft_weight) * ce, "kd": kd, "ce": ce}
+
+
+def sequence_kd_loss(logits: torch.Tensor, target_ids: torch.Tensor) -> torch.Tensor:
+    """Token cross-entropy on the teacher's summary (sequence-level KD, Kim & Rush 2016).
+
+    logits: (batch, target_len, vocab); target_ids: (batch, target_len) with IGNORE_INDEX
+    at padding. Mean over real tokens.
+    """
+    return F.cross_entropy(logits.float().flatten(0, 1), target_ids.flatten(), ignore_index=IGNORE_INDEX)
+
+
+def weighted_total(losses: dict[str, torch.Tensor], weights: dict[str, float]) -> torch.Tensor:
+    """Σ_task weight_task · loss_task over the tasks present in ``losses``."""
+    return sum(weights.get(task, 1.0) * loss for task, loss in losses.items())  # type: ignore[return-value]

@@ -1,0 +1,184 @@
+"""The student: one shared pretrained encoder, a head per classification task, and a
+summarization decoder that cross-attends to the same encoder.
+
+A saved student is a self-contained folder (student.json, model.safetensors, tokenizer
+files) that ``load_student`` rebuilds with nothing else: no hub, no original encoder.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from distill.assets import resolve_encoder
+from distill.config import StudentConfig, TaskConfig
+from distill.errors import DistillError
+
+SPEC_FILE = "student.json"
+WEIGHTS_FILE = "model.safetensors"
+
+
+@dataclass
+class StudentSpec:
+    """Everything needed to rebuild the architecture; saved beside the weights."""
+
+    tasks: dict[str, list[str] | None]
+    """Task name → label names (classification) or None (summarization)."""
+    encoder_config: dict[str, Any]
+    decoder_config: dict[str, Any] | None
+    max_length: int
+    max_document_length: int
+    max_summary_length: int
+    dropout: float
+    encoder_source: str
+
+    @property
+    def summarization_tasks(self) -> list[str]:
+        return [name for name, labels in self.tasks.items() if labels is None]
+
+
+class Student(nn.Module):
+    def __init__(self, spec: StudentSpec, backbone: nn.Module):
+        super().__init__()
+        self.spec = spec
+        # An EncoderDecoderModel when there is a summarization task, else a bare encoder.
+        self.backbone = backbone
+        hidden = self.encoder.config.hidden_size
+        self.heads = nn.ModuleDict(
+            {
+                name: nn.Sequential(nn.Dropout(spec.dropout), nn.Linear(hidden, len(labels)))
+                for name, labels in spec.tasks.items()
+                if labels is not None
+            }
+        )
+
+    @property
+    def encoder(self) -> nn.Module:
+        return self.backbone.encoder if self.spec.decoder_config else self.backbone
+
+    def classify(self, task: str, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """(batch, seq) token ids → (batch, labels) logits, from mean-pooled encoder states."""
+        states = self.encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        mask = attention_mask.unsqueeze(-1).to(states.dtype)  # (batch, seq, 1)
+        pooled = (states * mask).sum(1) / mask.sum(1).clamp(min=1.0)  # (batch, hidden)
+        return self.heads[task](pooled)
+
+    def summary_logits(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, target_ids: torch.Tensor
+    ) -> torch.Tensor:
+        """Teacher-forced decoder logits (batch, target_len, vocab) for targets (batch, target_len)."""
+        from transformers.models.encoder_decoder.modeling_encoder_decoder import shift_tokens_right
+
+        config = self.backbone.config
+        decoder_input_ids = shift_tokens_right(target_ids, config.pad_token_id, config.decoder_start_token_id)
+        out = self.backbone(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            decoder_input_ids=decoder_input_ids,
+            decoder_attention_mask=(decoder_input_ids != config.pad_token_id).long(),
+        )
+        return out.logits
+
+    def forward(self, task: str, **batch: torch.Tensor) -> torch.Tensor:
+        if self.spec.tasks[task] is None:
+            return self.summary_logits(batch["input_ids"], batch["attention_mask"], batch["target_ids"])
+        return self.classify(task, batch["input_ids"], batch["attention_mask"])
+
+    @torch.inference_mode()
+    def summarize(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, max_new_tokens: int) -> torch.Tensor:
+        return self.backbone.generate(
+            input_ids=input_ids, attention_mask=attention_mask, max_new_tokens=max_new_tokens, num_beams=1
+        )
+
+
+def _set_special_tokens(model: Any, tokenizer: Any) -> None:
+    """BERT has no decoder-start/eos: [CLS] starts a summary, [SEP] ends it."""
+    ids = {
+        "decoder_start_token_id": tokenizer.cls_token_id,
+        "bos_token_id": tokenizer.cls_token_id,
+        "eos_token_id": tokenizer.sep_token_id,
+        "pad_token_id": tokenizer.pad_token_id,
+    }
+    for target in (model.config, model.generation_config):
+        for key, value in ids.items():
+            setattr(target, key, value)
+    model.config.decoder.eos_token_id = tokenizer.sep_token_id
+    model.config.decoder.pad_token_id = tokenizer.pad_token_id
+
+
+def build_student(cfg: StudentConfig, tasks: list[TaskConfig]) -> tuple[Student, Any]:
+    """A fresh student warm-started from the pretrained encoder (decoder included)."""
+    from transformers import AutoModel, AutoTokenizer, EncoderDecoderModel
+
+    path = resolve_encoder(cfg.encoder)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path)
+        if any(t.kind == "summarization" for t in tasks):
+            backbone = EncoderDecoderModel.from_encoder_decoder_pretrained(path, path)
+            _set_special_tokens(backbone, tokenizer)
+        else:
+            backbone = AutoModel.from_pretrained(path)
+    except OSError as e:
+        raise DistillError(f"student.encoder {cfg.encoder!r}: cannot load ({e})") from None
+    has_decoder = hasattr(backbone, "decoder")
+    spec = StudentSpec(
+        tasks={t.name: (t.label_names if t.kind == "classification" else None) for t in tasks},
+        encoder_config=(backbone.config.encoder if has_decoder else backbone.config).to_dict(),
+        decoder_config=backbone.config.decoder.to_dict() if has_decoder else None,
+        max_length=cfg.max_length,
+        max_document_length=cfg.max_document_length,
+        max_summary_length=cfg.max_summary_length,
+        dropout=cfg.dropout,
+        encoder_source=cfg.encoder,
+    )
+    return Student(spec, backbone), tokenizer
+
+
+def _backbone_from_spec(spec: StudentSpec, tokenizer: Any) -> nn.Module:
+    from transformers import AutoConfig, AutoModel, EncoderDecoderConfig, EncoderDecoderModel
+
+    def config(data: dict[str, Any]) -> Any:
+        data = dict(data)
+        return AutoConfig.for_model(data.pop("model_type"), **data)
+
+    if spec.decoder_config is None:
+        return AutoModel.from_config(config(spec.encoder_config))
+    full = EncoderDecoderConfig.from_encoder_decoder_configs(config(spec.encoder_config), config(spec.decoder_config))
+    model = EncoderDecoderModel(config=full)
+    _set_special_tokens(model, tokenizer)
+    return model
+
+
+def save_student(state_dict: dict[str, torch.Tensor], spec: StudentSpec, tokenizer: Any, folder: Path) -> None:
+    """Write weights (fp32) + spec + tokenizer; the folder then loads with nothing else."""
+    from safetensors.torch import save_model
+
+    folder.mkdir(parents=True, exist_ok=True)
+    model = Student(spec, _backbone_from_spec(spec, tokenizer))
+    model.load_state_dict({k: v.float() for k, v in state_dict.items()})
+    save_model(model, str(folder / WEIGHTS_FILE))  # handles the decoder's tied embeddings
+    (folder / SPEC_FILE).write_text(json.dumps(asdict(spec), indent=2) + "\n")
+    tokenizer.save_pretrained(folder)
+
+
+def load_student(folder: str | Path) -> tuple[Student, Any]:
+    from safetensors import SafetensorError
+    from safetensors.torch import load_model
+    from transformers import AutoTokenizer
+
+    folder = Path(folder)
+    if not (folder / SPEC_FILE).is_file() or not (folder / WEIGHTS_FILE).is_file():
+        raise DistillError(f"{folder}: not a student folder (needs {SPEC_FILE} and {WEIGHTS_FILE})")
+    try:
+        spec = StudentSpec(**json.loads((folder / SPEC_FILE).read_text()))
+        tokenizer = AutoTokenizer.from_pretrained(folder)
+        model = Student(spec, _backbone_from_spec(spec, tokenizer))
+        load_model(model, str(folder / WEIGHTS_FILE))
+    except (OSError, ValueError, TypeError, RuntimeError, SafetensorError) as e:
+        raise DistillError(f"{folder}: corrupt student folder ({e})") from None
+    return model.eval(), tokenizer

