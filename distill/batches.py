@@ -58,7 +58,9 @@ def task_tensors(
             name,
             kind,
             encode_documents(rows, tokenizer, spec.max_document_length),
-            target_ids=encode_targets([r["teacher_summary"] for r in rows], tokenizer, spec.max_summary_length),
+            target_ids=encode_targets(
+                [r["teacher_summary"] for r in rows], tokenizer, spec.max_summary_length
+            ),
             batch_size=batch_size,
         )
     labels = spec.tasks[name]

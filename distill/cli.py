@@ -45,8 +45,11 @@ def teach(pipeline: Path = PIPELINE, set_: list[str] = SET) -> None:
     from distill import teach as stage
 
     summary = stage.run(cfg)
-    typer.echo(f"teach: {summary['cache']['teacher_calls']} teacher calls, {summary['cache']['hits']} cache hits "
-               f"→ {cfg.path / 'teach'}", err=True)
+    typer.echo(
+        f"teach: {summary['cache']['teacher_calls']} teacher calls, {summary['cache']['hits']} cache hits "
+        f"→ {cfg.path / 'teach'}",
+        err=True,
+    )
 
 
 @app.command()
@@ -65,8 +68,16 @@ def train(
             args = sys.argv[1:i] + sys.argv[i + 2 :]
         from distill.distributed import free_port
 
-        cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}",
-               f"--master_port={free_port()}", "-m", "distill.cli", *args]
+        cmd = [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            f"--nproc_per_node={nproc}",
+            f"--master_port={free_port()}",
+            "-m",
+            "distill.cli",
+            *args,
+        ]
         raise typer.Exit(subprocess.call(cmd))
     _quiet()
     from distill import train as stage
@@ -91,16 +102,24 @@ def eval_(pipeline: Path = PIPELINE, set_: list[str] = SET) -> None:
 
 
 @app.command()
-def run(pipeline: Path = PIPELINE, set_: list[str] = SET, resume: bool = typer.Option(
-        False, help="Resume training from the run folder's latest checkpoint (after a crash).")) -> None:
+def run(
+    pipeline: Path = PIPELINE,
+    set_: list[str] = SET,
+    resume: bool = typer.Option(
+        False, help="Resume training from the run folder's latest checkpoint (after a crash)."
+    ),
+) -> None:
     """teach → train → eval, for scheduled batch runs."""
     cfg = _load(pipeline, set_)
     _quiet()
     from distill import evaluation, teach, train
 
     timings = {}
-    for name, fn in (("teach", lambda: teach.run(cfg)), ("train", lambda: train.run(cfg, resume=resume)),
-                     ("eval", lambda: evaluation.run(cfg))):
+    for name, fn in (
+        ("teach", lambda: teach.run(cfg)),
+        ("train", lambda: train.run(cfg, resume=resume)),
+        ("eval", lambda: evaluation.run(cfg)),
+    ):
         start = time.perf_counter()
         result = fn()
         timings[name] = time.perf_counter() - start

@@ -62,10 +62,13 @@ class TaskConfig:
             raise ConfigError(f"{where}.labels: only classification tasks take labels")
         for split, source in self.data.items():
             if split not in SPLITS:
-                raise ConfigError(f"{where}.data.{split}: unknown split (expected one of {', '.join(SPLITS)})")
+                raise ConfigError(
+                    f"{where}.data.{split}: unknown split (expected one of {', '.join(SPLITS)})"
+                )
             if not source.startswith("hub:") and not source.endswith(DATA_SUFFIXES):
                 raise ConfigError(
-                    f"{where}.data.{split}: {source!r} is neither a {'/'.join(DATA_SUFFIXES)} file nor hub:NAME"
+                    f"{where}.data.{split}: {source!r} is neither a "
+                    f"{'/'.join(DATA_SUFFIXES)} file nor hub:NAME"
                 )
         for split, n in self.max_rows.items():
             if split not in self.data:
@@ -165,7 +168,9 @@ class EvalConfig:
     """Items timed in batches for items/s (teacher and student alike)."""
     max_new_tokens: int = 64
     gates: dict[str, float] = field(default_factory=dict)
-    """report.json path (dots) → minimum value; a miss exits non-zero, e.g. fine_foods.student.accuracy: 0.6."""
+    """report.json path (dots) → minimum value; a miss exits non-zero.
+
+    Example: ``fine_foods.student.accuracy: 0.6``."""
 
 
 @dataclass
@@ -194,7 +199,9 @@ class PipelineConfig:
             if self.eval.split not in task.data:
                 raise ConfigError(f"eval.split: task {task.name} has no {self.eval.split} split in data")
         if self.eval.split not in self.teach.splits:
-            raise ConfigError(f"eval.split: {self.eval.split!r} must be among teach.splits to compare with the teacher")
+            raise ConfigError(
+                f"eval.split: {self.eval.split!r} must be among teach.splits to compare with the teacher"
+            )
 
     @property
     def path(self) -> Path:

@@ -68,7 +68,9 @@ def _text(row: dict[str, Any], key: str, where: str, index: int, max_chars: int)
     if not isinstance(value, str) or not value.strip():
         raise DistillError(f"{where}: row {index} field {key!r} is empty")
     if len(value) > max_chars:
-        raise DistillError(f"{where}: row {index} field {key!r} has {len(value)} characters (max_chars {max_chars})")
+        raise DistillError(
+            f"{where}: row {index} field {key!r} has {len(value)} characters (max_chars {max_chars})"
+        )
     return value
 
 

@@ -27,9 +27,7 @@ def prepare_environment() -> None:
     the one CPU op it builds (shared-memory allreduce, ~40 s) a one-time cost.
     """
     if not all(v in os.environ for v in LAUNCH_VARS):
-        os.environ.update(
-            {"RANK": "0", "WORLD_SIZE": "1", "LOCAL_RANK": "0", "MASTER_ADDR": "127.0.0.1"}
-        )
+        os.environ.update({"RANK": "0", "WORLD_SIZE": "1", "LOCAL_RANK": "0", "MASTER_ADDR": "127.0.0.1"})
         os.environ.setdefault("MASTER_PORT", str(free_port()))
     os.environ.setdefault("TORCH_EXTENSIONS_DIR", str(home() / "torch_extensions"))
     if not torch.cuda.is_available():

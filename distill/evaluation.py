@@ -57,7 +57,9 @@ def mean_kl(teacher: np.ndarray, student: np.ndarray) -> float:
     return float(np.mean(np.sum(t * (np.log(t) - np.log(s)), axis=-1)))
 
 
-def classification_metrics(task: TaskConfig, rows: list[dict[str, Any]], student_probs: np.ndarray) -> dict[str, Any]:
+def classification_metrics(
+    task: TaskConfig, rows: list[dict[str, Any]], student_probs: np.ndarray
+) -> dict[str, Any]:
     names = task.label_names
     teacher_probs = np.array([r["teacher_distribution"] for r in rows])
     has_gold = np.array([r["label"] is not None for r in rows])
@@ -94,7 +96,9 @@ def rouge(predictions: list[str], references: list[str]) -> dict[str, float]:
 
 
 @torch.inference_mode()
-def student_probs(student: Student, tokenizer: Any, task: str, rows: list[dict[str, Any]], batch: int) -> np.ndarray:
+def student_probs(
+    student: Student, tokenizer: Any, task: str, rows: list[dict[str, Any]], batch: int
+) -> np.ndarray:
     ids = encode_classification(rows, tokenizer, student.spec.max_length)
     out = []
     for start in range(0, len(ids), batch):
@@ -103,7 +107,9 @@ def student_probs(student: Student, tokenizer: Any, task: str, rows: list[dict[s
     return torch.cat(out).numpy()
 
 
-def student_summaries(student: Student, tokenizer: Any, rows: list[dict[str, Any]], batch: int, max_new: int) -> list[str]:
+def student_summaries(
+    student: Student, tokenizer: Any, rows: list[dict[str, Any]], batch: int, max_new: int
+) -> list[str]:
     ids = encode_documents(rows, tokenizer, student.spec.max_document_length)
     texts: list[str] = []
     for start in range(0, len(ids), batch):
@@ -113,7 +119,9 @@ def student_summaries(student: Student, tokenizer: Any, rows: list[dict[str, Any
     return texts
 
 
-def time_model(fn: Callable[[Sequence[Any]], Any], items: list[Any], batch: int, latency_items: int) -> dict[str, float]:
+def time_model(
+    fn: Callable[[Sequence[Any]], Any], items: list[Any], batch: int, latency_items: int
+) -> dict[str, float]:
     """items/s in batches of ``batch``, and p50/p95 latency over single-item calls."""
     fn(items[:1])  # warm-up: first-call allocations are not the steady state
     start = time.perf_counter()
@@ -150,19 +158,25 @@ def measure_speed(
             verbalizers = list(task.labels.values())
             speed["student"][task.name] = time_model(
                 lambda b, t=task.name: student_probs(student, tokenizer, t, list(b), ec.batch_size),
-                rows, ec.batch_size, ec.latency_items,
+                rows,
+                ec.batch_size,
+                ec.latency_items,
             )
             prompts = [classification_prompt(task, r) for r in rows]
             speed["teacher"][task.name] = time_model(
                 lambda b, v=verbalizers: teacher.label_distribution(b, v),
-                prompts, cfg.teach.teacher.batch_size, ec.latency_items,
+                prompts,
+                cfg.teach.teacher.batch_size,
+                ec.latency_items,
             )
         else:  # generation is ~50x slower per item: time a smaller sample
             rows = rows[: max(2, ec.throughput_items // 8)]
             few = max(2, ec.latency_items // 4)
             speed["student"][task.name] = time_model(
                 lambda b: student_summaries(student, tokenizer, list(b), ec.batch_size, ec.max_new_tokens),
-                rows, ec.batch_size, few,
+                rows,
+                ec.batch_size,
+                few,
             )
             speed["teacher"][task.name] = time_model(
                 teacher.summarize, [summary_prompt(task, r) for r in rows], cfg.teach.teacher.batch_size, few
@@ -191,7 +205,9 @@ def run(cfg: PipelineConfig) -> dict[str, Any]:
                 probs = student_probs(student, tokenizer, task.name, rows, cfg.eval.batch_size)
                 report["tasks"][task.name] = classification_metrics(task, rows, probs)
             else:
-                predicted = student_summaries(student, tokenizer, rows, cfg.eval.batch_size, cfg.eval.max_new_tokens)
+                predicted = student_summaries(
+                    student, tokenizer, rows, cfg.eval.batch_size, cfg.eval.max_new_tokens
+                )
                 teacher_text = [r["teacher_summary"] for r in rows]
                 references = [r["reference"] or "" for r in rows]
                 report["tasks"][task.name] = {
@@ -199,7 +215,9 @@ def run(cfg: PipelineConfig) -> dict[str, Any]:
                     "student_vs_reference": rouge(predicted, references),
                     "teacher_vs_reference": rouge(teacher_text, references),
                     "student_vs_teacher": rouge(predicted, teacher_text),
-                    "examples": [{"student": p, "teacher": t} for p, t in zip(predicted[:3], teacher_text[:3])],
+                    "examples": [
+                        {"student": p, "teacher": t} for p, t in zip(predicted[:3], teacher_text[:3])
+                    ],
                 }
     with timer.section("speed"):
         speed = measure_speed(cfg, student, tokenizer, test)
@@ -247,10 +265,15 @@ def markdown(report: dict[str, Any]) -> str:
     lines = [f"# distill report ({report['split']} split)", ""]
     cls = {k: v for k, v in report["tasks"].items() if "student" in v}
     if cls:
-        lines += ["| task | model | accuracy | macro-F1 | ECE | agreement | KL(t‖s) |", "|---|---|---|---|---|---|---|"]
+        lines += [
+            "| task | model | accuracy | macro-F1 | ECE | agreement | KL(t‖s) |",
+            "|---|---|---|---|---|---|---|",
+        ]
         for name, m in cls.items():
             for who in ("teacher", "student"):
-                extra = [_fmt(m["agreement"]), _fmt(m["kl_teacher_student"])] if who == "student" else ["", ""]
+                extra = (
+                    [_fmt(m["agreement"]), _fmt(m["kl_teacher_student"])] if who == "student" else ["", ""]
+                )
                 row = [name, who, *(_fmt(m[who][k]) for k in ("accuracy", "macro_f1", "ece")), *extra]
                 lines.append("| " + " | ".join(row) + " |")
         lines.append("")
@@ -260,18 +283,30 @@ def markdown(report: dict[str, Any]) -> str:
         for name, m in summ.items():
             for key in ("teacher_vs_reference", "student_vs_reference", "student_vs_teacher"):
                 s = m[key]
-                row = [name, key.replace("_", " "), *(_fmt(s.get(k, float("nan"))) for k in ("rouge1", "rouge2", "rougeL"))]
+                row = [
+                    name,
+                    key.replace("_", " "),
+                    *(_fmt(s.get(k, float("nan"))) for k in ("rouge1", "rouge2", "rougeL")),
+                ]
                 lines.append("| " + " | ".join(row) + " |")
         lines.append("")
     models = report["models"]
     lines += ["| model | task | items/s | p50 ms | p95 ms | parameters |", "|---|---|---|---|---|---|"]
     for who in ("teacher", "student"):
         for task, s in models[who]["speed"].items():
-            row = [who, task, _fmt(s["items_per_s"]), _fmt(s["latency_p50_ms"]), _fmt(s["latency_p95_ms"]),
-                   f"{models[who]['parameters'] / 1e6:.1f}M"]
+            row = [
+                who,
+                task,
+                _fmt(s["items_per_s"]),
+                _fmt(s["latency_p50_ms"]),
+                _fmt(s["latency_p95_ms"]),
+                f"{models[who]['parameters'] / 1e6:.1f}M",
+            ]
             lines.append("| " + " | ".join(row) + " |")
     lines += ["", f"Teacher/student parameter ratio: {models['compression']}×"]
     if report["gates"]:
         lines += ["", "| gate | value | min | passed |", "|---|---|---|---|"]
-        lines += [f"| {k} | {_fmt(g['value'])} | {g['min']} | {g['passed']} |" for k, g in report["gates"].items()]
+        lines += [
+            f"| {k} | {_fmt(g['value'])} | {g['min']} | {g['passed']} |" for k, g in report["gates"].items()
+        ]
     return "\n".join(lines) + "\n"

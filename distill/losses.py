@@ -8,7 +8,9 @@ import torch.nn.functional as F
 IGNORE_INDEX = -100
 
 
-def soft_label_kl(student_logits: torch.Tensor, teacher_probs: torch.Tensor, temperature: float) -> torch.Tensor:
+def soft_label_kl(
+    student_logits: torch.Tensor, teacher_probs: torch.Tensor, temperature: float
+) -> torch.Tensor:
     """T² · KL(teacher_T ‖ student_T), averaged over the batch.
 
     student_logits: (batch, labels). teacher_probs: (batch, labels), rows sum to 1; they

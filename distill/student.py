@@ -90,7 +90,9 @@ class Student(nn.Module):
         return self.classify(task, batch["input_ids"], batch["attention_mask"])
 
     @torch.inference_mode()
-    def summarize(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, max_new_tokens: int) -> torch.Tensor:
+    def summarize(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, max_new_tokens: int
+    ) -> torch.Tensor:
         return self.backbone.generate(
             input_ids=input_ids, attention_mask=attention_mask, max_new_tokens=max_new_tokens, num_beams=1
         )
@@ -148,13 +150,17 @@ def _backbone_from_spec(spec: StudentSpec, tokenizer: Any) -> nn.Module:
 
     if spec.decoder_config is None:
         return AutoModel.from_config(config(spec.encoder_config))
-    full = EncoderDecoderConfig.from_encoder_decoder_configs(config(spec.encoder_config), config(spec.decoder_config))
+    full = EncoderDecoderConfig.from_encoder_decoder_configs(
+        config(spec.encoder_config), config(spec.decoder_config)
+    )
     model = EncoderDecoderModel(config=full)
     _set_special_tokens(model, tokenizer)
     return model
 
 
-def save_student(state_dict: dict[str, torch.Tensor], spec: StudentSpec, tokenizer: Any, folder: Path) -> None:
+def save_student(
+    state_dict: dict[str, torch.Tensor], spec: StudentSpec, tokenizer: Any, folder: Path
+) -> None:
     """Write weights (fp32) + spec + tokenizer; the folder then loads with nothing else."""
     from safetensors.torch import save_model
 

@@ -32,7 +32,9 @@ def _label_rows(
     cached: CachedTeacher, task: TaskConfig, examples: list[Example], shots: list[Example], bar: tqdm
 ) -> list[dict[str, Any]]:
     prompts = [classification_prompt(task, ex, shots) for ex in examples]
-    answers = cached.label_distribution(prompts, list(task.labels.values()), template_version(task), bar.update)
+    answers = cached.label_distribution(
+        prompts, list(task.labels.values()), template_version(task), bar.update
+    )
     names = task.label_names
     return [
         {
@@ -45,7 +47,9 @@ def _label_rows(
     ]
 
 
-def _summary_rows(cached: CachedTeacher, task: TaskConfig, examples: list[Example], bar: tqdm) -> list[dict[str, Any]]:
+def _summary_rows(
+    cached: CachedTeacher, task: TaskConfig, examples: list[Example], bar: tqdm
+) -> list[dict[str, Any]]:
     prompts = [summary_prompt(task, ex) for ex in examples]
     answers = cached.summarize(prompts, template_version(task), bar.update)
     return [
@@ -73,9 +77,10 @@ def run(cfg: PipelineConfig, teacher: Teacher | None = None) -> dict[str, Any]:
         for task in cfg.tasks:
             for split in cfg.teach.splits:
                 examples = data[task.name, split]
-                with timer.section(f"{task.name}/{split}"), tqdm(
-                    total=len(examples), desc=f"teach {task.name}/{split}", unit="item"
-                ) as bar:
+                with (
+                    timer.section(f"{task.name}/{split}"),
+                    tqdm(total=len(examples), desc=f"teach {task.name}/{split}", unit="item") as bar,
+                ):
                     if task.kind == "classification":
                         rows = _label_rows(cached, task, examples, shots[task.name], bar)
                     else:

@@ -23,8 +23,13 @@ from distill.losses import distillation_loss, sequence_kd_loss, weighted_total
 from distill.manifest import Timer, write_manifest
 from distill.student import build_student, save_student
 
-ENGINE_KEYS = ("train_batch_size", "train_micro_batch_size_per_gpu", "gradient_accumulation_steps", "optimizer",
-               "scheduler")
+ENGINE_KEYS = (
+    "train_batch_size",
+    "train_micro_batch_size_per_gpu",
+    "gradient_accumulation_steps",
+    "optimizer",
+    "scheduler",
+)
 
 
 def deepspeed_config(cfg: TrainConfig, world: int) -> dict[str, Any]:
@@ -38,7 +43,9 @@ def deepspeed_config(cfg: TrainConfig, world: int) -> dict[str, Any]:
         raise ConfigError(f"train.deepspeed: {path} is not valid JSON ({e})") from None
     for key in ENGINE_KEYS:
         if key in ds:
-            raise ConfigError(f"{path}: {key!r} is set by the pipeline's train section; remove it from the JSON")
+            raise ConfigError(
+                f"{path}: {key!r} is set by the pipeline's train section; remove it from the JSON"
+            )
     if ds.get("fp16", {}).get("enabled") and not torch.cuda.is_available():
         raise ConfigError(f"{path}: fp16 needs a GPU; use bf16 or fp32 on CPU")
     ds.update(
@@ -53,7 +60,9 @@ def zero_stage(ds: dict[str, Any]) -> int:
     return int(ds.get("zero_optimization", {}).get("stage", 0))
 
 
-def loss_step(engine: Any, batch: dict[str, dict[str, torch.Tensor]], cfg: TrainConfig) -> dict[str, torch.Tensor]:
+def loss_step(
+    engine: Any, batch: dict[str, dict[str, torch.Tensor]], cfg: TrainConfig
+) -> dict[str, torch.Tensor]:
     """One forward pass per task → named losses: ``task`` (its total) and ``task/part``."""
     losses: dict[str, torch.Tensor] = {}
     for task, tensors in batch.items():
@@ -105,7 +114,9 @@ def _resume(engine: Any, ckpt_dir: Path) -> int:
     try:
         path, client = engine.load_checkpoint(str(ckpt_dir), tag=tag)
     except Exception as e:  # noqa: BLE001 - torch.load / DeepSpeed raise many types for a bad file
-        raise DistillError(f"checkpoint {ckpt_dir / tag} cannot be loaded ({type(e).__name__}: {e})") from None
+        raise DistillError(
+            f"checkpoint {ckpt_dir / tag} cannot be loaded ({type(e).__name__}: {e})"
+        ) from None
     if path is None or "step" not in client:
         raise DistillError(f"checkpoint {ckpt_dir / tag} is incomplete (no model state or step)")
     dist.print0(f"resumed from {ckpt_dir / tag} at step {client['step']}")
@@ -124,7 +135,9 @@ def _save(engine: Any, ckpt_dir: Path, step: int, keep: int) -> None:
 def consolidated_state_dict(ckpt_dir: Path, tag: str, stage: int) -> dict[str, torch.Tensor]:
     """fp32 weights from a checkpoint, whatever the ZeRO stage and world size it was written with."""
     if stage == 0:
-        states = torch.load(ckpt_dir / tag / "mp_rank_00_model_states.pt", map_location="cpu", weights_only=False)
+        states = torch.load(
+            ckpt_dir / tag / "mp_rank_00_model_states.pt", map_location="cpu", weights_only=False
+        )
         return {k: v.float() for k, v in states["module"].items()}
     from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
 
@@ -162,9 +175,11 @@ def run(cfg: PipelineConfig, resume: bool = False) -> dict[str, Any]:
     log_path = out / "log.jsonl"
     out.mkdir(parents=True, exist_ok=True)
     engine.train()
-    with timer.section("train"), open(log_path, "a" if start else "w") as log, tqdm(
-        total=total_steps, initial=start, desc="train", unit="step", disable=not dist.is_main()
-    ) as bar:
+    with (
+        timer.section("train"),
+        open(log_path, "a" if start else "w") as log,
+        tqdm(total=total_steps, initial=start, desc="train", unit="step", disable=not dist.is_main()) as bar,
+    ):
         for step in range(start, total_steps):
             # Dropout noise is a function of the step, so a resumed run replays it exactly.
             torch.manual_seed(tc.seed + 7919 * step + dist.rank())
@@ -172,8 +187,13 @@ def run(cfg: PipelineConfig, resume: bool = False) -> dict[str, Any]:
             total = weighted_total({t: losses[t] for t in weights}, weights)
             engine.backward(total)
             engine.step()
-            record = {"step": step + 1, "epoch": step // schedule.steps_per_epoch, "lr": scheduler.get_last_lr()[0],
-                      "loss": total.item(), **{k: round(v.item(), 5) for k, v in losses.items()}}
+            record = {
+                "step": step + 1,
+                "epoch": step // schedule.steps_per_epoch,
+                "lr": scheduler.get_last_lr()[0],
+                "loss": total.item(),
+                **{k: round(v.item(), 5) for k, v in losses.items()},
+            }
             if dist.is_main():
                 log.write(json.dumps(record) + "\n")
                 log.flush()
@@ -208,5 +228,6 @@ def run(cfg: PipelineConfig, resume: bool = False) -> dict[str, Any]:
 def _tail_means(log_path: Path, weights: dict[str, float], window: int = 10) -> dict[str, float]:
     """Mean of each task's loss over the last ``window`` logged steps."""
     records = [json.loads(line) for line in log_path.read_text().splitlines()[-window:]]
-    return {t: round(sum(r[t] for r in records) / max(len(records), 1), 4) for t in weights} if records else {}
-
+    return (
+        {t: round(sum(r[t] for r in records) / max(len(records), 1), 4) for t in weights} if records else {}
+    )

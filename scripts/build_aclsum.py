@@ -21,7 +21,12 @@ def main() -> None:
             for doc in docs:
                 abstract = " ".join(doc.sentences["abstract"])
                 summary = " ".join(doc.summaries[a] for a in ("challenge", "approach", "outcome"))
-                row = {"id": doc.id, "title": doc.title, "document": f"{doc.title}. {abstract}", "summary": summary}
+                row = {
+                    "id": doc.id,
+                    "title": doc.title,
+                    "document": f"{doc.title}. {abstract}",
+                    "summary": summary,
+                }
                 f.write(json.dumps(row, ensure_ascii=False) + "\n")
         print(split, len(docs))
 

@@ -37,8 +37,14 @@ def read_lazyload(data_dir: Path, name: str):
 
 
 def rows(frame) -> list[dict]:
-    return [{"id": f"{r.product}-{i}", "review": " ".join(r.review.replace("<br />", " ").split()), "label": r.score}
-            for i, r in enumerate(frame.itertuples())]
+    return [
+        {
+            "id": f"{r.product}-{i}",
+            "review": " ".join(r.review.replace("<br />", " ").split()),
+            "label": r.score,
+        }
+        for i, r in enumerate(frame.itertuples())
+    ]
 
 
 def main(root: str) -> None:

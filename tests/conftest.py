@@ -49,8 +49,12 @@ def tiny_encoder(tmp_path_factory, bert_tokenizer) -> str:
     torch.manual_seed(0)
     folder = tmp_path_factory.mktemp("tiny_encoder")
     config = BertConfig(
-        vocab_size=bert_tokenizer.vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-        intermediate_size=64, max_position_embeddings=256,
+        vocab_size=bert_tokenizer.vocab_size,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=256,
     )
     BertModel(config).save_pretrained(folder)
     bert_tokenizer.save_pretrained(folder)
@@ -66,9 +70,15 @@ def tiny_teacher(tmp_path_factory, bert_tokenizer) -> str:
     torch.manual_seed(0)
     folder = tmp_path_factory.mktemp("tiny_teacher")
     config = LlamaConfig(
-        vocab_size=bert_tokenizer.vocab_size, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
-        eos_token_id=bert_tokenizer.sep_token_id, pad_token_id=bert_tokenizer.pad_token_id,
+        vocab_size=bert_tokenizer.vocab_size,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=512,
+        eos_token_id=bert_tokenizer.sep_token_id,
+        pad_token_id=bert_tokenizer.pad_token_id,
         bos_token_id=bert_tokenizer.cls_token_id,
     )
     LlamaForCausalLM(config).save_pretrained(folder)
@@ -85,7 +95,9 @@ def make_data(root: Path, n_cls: int = 32, n_sum: int = 12, seed: int = 0) -> di
         rows = []
         for i in range(n):
             good = i % 3 != 0
-            rows.append({"review": review(rng, good), "score": "great" if good else "other", "id": f"{split}-{i}"})
+            rows.append(
+                {"review": review(rng, good), "score": "great" if good else "other", "id": f"{split}-{i}"}
+            )
         cls[split] = write_jsonl(root / "reviews" / f"{split}.jsonl", rows)
     for split, n in (("train", n_sum), ("test", max(4, n_sum // 3))):
         rows = []
@@ -99,7 +111,12 @@ def make_data(root: Path, n_cls: int = 32, n_sum: int = 12, seed: int = 0) -> di
 def pipeline_dict(root: Path, encoder: str, teacher: str, **train_overrides) -> dict:
     data = make_data(root / "data")
     train = {
-        "student": {"encoder": encoder, "max_length": 32, "max_document_length": 64, "max_summary_length": 12},
+        "student": {
+            "encoder": encoder,
+            "max_length": 32,
+            "max_document_length": 64,
+            "max_summary_length": 12,
+        },
         "deepspeed": str(REPO / "pipelines" / "deepspeed" / "zero0_fp32.json"),
         "epochs": 2,
         "batch_size": 8,
@@ -111,8 +128,14 @@ def pipeline_dict(root: Path, encoder: str, teacher: str, **train_overrides) -> 
     return {
         "run_dir": str(root / "run"),
         "tasks": [
-            {"name": "reviews", "kind": "classification", "data": data["reviews"], "text_field": "review",
-             "label_field": "score", "labels": {"great": "great", "other": "other"}},
+            {
+                "name": "reviews",
+                "kind": "classification",
+                "data": data["reviews"],
+                "text_field": "review",
+                "label_field": "score",
+                "labels": {"great": "great", "other": "other"},
+            },
             {"name": "papers", "kind": "summarization", "data": data["papers"]},
         ],
         "teach": {

@@ -39,8 +39,14 @@ def _write(tmp_path, data) -> Path:
 def base():
     return {
         "run_dir": "runs/x",
-        "tasks": [{"name": "t", "kind": "classification", "data": {"train": "a.jsonl", "test": "b.jsonl"},
-                   "labels": {"yes": "yes", "no": "no"}}],
+        "tasks": [
+            {
+                "name": "t",
+                "kind": "classification",
+                "data": {"train": "a.jsonl", "test": "b.jsonl"},
+                "labels": {"yes": "yes", "no": "no"},
+            }
+        ],
     }
 
 
@@ -83,7 +89,9 @@ def test_malformed_yaml_names_the_line(tmp_path):
 def test_overrides_are_typed_and_checked(tmp_path):
     path = _write(tmp_path, base())
     cfg = load_pipeline(path, ["train.epochs=5", "tasks.t.max_rows.train=3", "teach.teacher.batch_size=2"])
-    assert cfg.train.epochs == 5 and cfg.tasks[0].max_rows == {"train": 3} and cfg.teach.teacher.batch_size == 2
+    assert (
+        cfg.train.epochs == 5 and cfg.tasks[0].max_rows == {"train": 3} and cfg.teach.teacher.batch_size == 2
+    )
     with pytest.raises(ConfigError, match=r"train\.nope: unknown key"):
         load_pipeline(path, ["train.nope=1"])
     with pytest.raises(ConfigError, match="no task named"):

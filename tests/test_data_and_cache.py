@@ -116,7 +116,10 @@ def test_teacher_distribution_is_batch_invariant(pipeline):
     cfg = load_pipeline(pipeline)
     teacher = load_teacher(cfg.teach.teacher)
     task = cfg.tasks[0]
-    prompts = [classification_prompt(task, {"text": t, "text_pair": None}) for t in ["short", "a much longer text " * 5]]
+    prompts = [
+        classification_prompt(task, {"text": t, "text_pair": None})
+        for t in ["short", "a much longer text " * 5]
+    ]
     batched = teacher.label_distribution(prompts, ["great", "other"])
     for prompt, together in zip(prompts, batched):
         alone = teacher.label_distribution([prompt], ["great", "other"])[0]

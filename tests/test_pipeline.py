@@ -16,10 +16,13 @@ from tests.conftest import REPO, pipeline_dict, write_pipeline
 
 def distill(*args, check=True, **kw):
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    proc = subprocess.run([sys.executable, "-m", "distill.cli", *map(str, args)], capture_output=True, text=True,
-                          env=env, **kw)
+    proc = subprocess.run(
+        [sys.executable, "-m", "distill.cli", *map(str, args)], capture_output=True, text=True, env=env, **kw
+    )
     if check and proc.returncode != 0:
-        raise AssertionError(f"distill {' '.join(map(str, args))} exited {proc.returncode}:\n{proc.stderr[-3000:]}")
+        raise AssertionError(
+            f"distill {' '.join(map(str, args))} exited {proc.returncode}:\n{proc.stderr[-3000:]}"
+        )
     return proc
 
 
@@ -66,8 +69,12 @@ def test_killed_training_resumes_exactly(tmp_path, tiny_encoder, tiny_teacher):
     ckpt = run_dir / "train" / "checkpoints"
     shutil.rmtree(ckpt)  # so the poll below sees only the new run's checkpoints
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    proc = subprocess.Popen([sys.executable, "-m", "distill.cli", "train", str(pipeline)], env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "distill.cli", "train", str(pipeline)],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     deadline = time.time() + 300
     while not list(ckpt.glob("step-*/mp_rank_00_model_states.pt")) and time.time() < deadline:
         time.sleep(0.05)
@@ -89,19 +96,31 @@ def test_killed_training_resumes_exactly(tmp_path, tiny_encoder, tiny_teacher):
 
 @pytest.mark.parametrize("zero", ["zero2_fp32", "zero3_bf16"])
 def test_zero_stages_train_and_export(tmp_path, tiny_encoder, tiny_teacher, zero):
-    data = pipeline_dict(tmp_path, tiny_encoder, tiny_teacher, epochs=1,
-                         deepspeed=str(REPO / "pipelines" / "deepspeed" / f"{zero}.json"))
+    data = pipeline_dict(
+        tmp_path,
+        tiny_encoder,
+        tiny_teacher,
+        epochs=1,
+        deepspeed=str(REPO / "pipelines" / "deepspeed" / f"{zero}.json"),
+    )
     pipeline = write_pipeline(tmp_path, data)
     distill("teach", pipeline)
     distill("train", pipeline)
     manifest = json.loads((tmp_path / "run" / "train" / "manifest.json").read_text())
     assert manifest["zero_stage"] == int(zero[4])
-    assert all(t.dtype.is_floating_point and t.dtype == t.float().dtype for t in weights(tmp_path / "run").values())
+    assert all(
+        t.dtype.is_floating_point and t.dtype == t.float().dtype for t in weights(tmp_path / "run").values()
+    )
 
 
 def test_two_processes(tmp_path, tiny_encoder, tiny_teacher):
-    data = pipeline_dict(tmp_path, tiny_encoder, tiny_teacher, epochs=1,
-                         deepspeed=str(REPO / "pipelines" / "deepspeed" / "zero2_fp32.json"))
+    data = pipeline_dict(
+        tmp_path,
+        tiny_encoder,
+        tiny_teacher,
+        epochs=1,
+        deepspeed=str(REPO / "pipelines" / "deepspeed" / "zero2_fp32.json"),
+    )
     pipeline = write_pipeline(tmp_path, data)
     distill("teach", pipeline)
     distill("train", pipeline, "--nproc", "2")

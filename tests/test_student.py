@@ -8,7 +8,12 @@ from distill.errors import DistillError
 from distill.student import build_student, load_student, save_student
 
 TASKS = [
-    TaskConfig(name="reviews", kind="classification", data={"train": "x.jsonl"}, labels={"a": "a", "b": "b", "c": "c"}),
+    TaskConfig(
+        name="reviews",
+        kind="classification",
+        data={"train": "x.jsonl"},
+        labels={"a": "a", "b": "b", "c": "c"},
+    ),
     TaskConfig(name="papers", kind="summarization", data={"train": "y.jsonl"}),
 ]
 
@@ -26,11 +31,16 @@ def test_save_load_round_trip_is_self_contained(tiny_encoder, tmp_path):
     folder = tmp_path / "student"
     save_student(student.state_dict(), student.spec, tokenizer, folder)
     loaded, loaded_tok = load_student(folder)
-    assert json.loads((folder / "student.json").read_text())["tasks"] == {"reviews": ["a", "b", "c"], "papers": None}
+    assert json.loads((folder / "student.json").read_text())["tasks"] == {
+        "reviews": ["a", "b", "c"],
+        "papers": None,
+    }
     x = tokenizer(["good coffee", "stale and bland snack"], return_tensors="pt", padding=True)
     with torch.no_grad():
-        assert torch.equal(student.classify("reviews", x.input_ids, x.attention_mask),
-                           loaded.classify("reviews", x.input_ids, x.attention_mask))
+        assert torch.equal(
+            student.classify("reviews", x.input_ids, x.attention_mask),
+            loaded.classify("reviews", x.input_ids, x.attention_mask),
+        )
         a = student.summarize(x.input_ids, x.attention_mask, 6)
         b = loaded.summarize(x.input_ids, x.attention_mask, 6)
     assert torch.equal(a, b)

@@ -17,7 +17,9 @@ class Teacher(Protocol):
     id: str
     """Names the model and its weights; part of every cache key."""
 
-    def label_distribution(self, prompts: Sequence[Prompt], verbalizers: Sequence[str]) -> list[dict[str, Any]]:
+    def label_distribution(
+        self, prompts: Sequence[Prompt], verbalizers: Sequence[str]
+    ) -> list[dict[str, Any]]:
         """Per prompt: {"distribution": [p per verbalizer, sums to 1], "label_mass": float}."""
         ...
 
@@ -95,7 +97,9 @@ class CachedTeacher:
         progress: Callable[[int], None] | None = None,
     ) -> list[dict[str, Any]]:
         keys = [self._key("label", version, p, list(verbalizers)) for p in prompts]
-        return self._answer(keys, prompts, lambda b: self.teacher.label_distribution(b, verbalizers), progress)
+        return self._answer(
+            keys, prompts, lambda b: self.teacher.label_distribution(b, verbalizers), progress
+        )
 
     def summarize(
         self, prompts: Sequence[Prompt], version: str, progress: Callable[[int], None] | None = None

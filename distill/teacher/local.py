@@ -40,8 +40,11 @@ class LocalTeacher:
 
         self.cfg = cfg
         path = resolve_teacher(cfg.model)
-        self.device = torch.device("cuda" if cfg.device == "auto" and torch.cuda.is_available() else
-                                   ("cpu" if cfg.device == "auto" else cfg.device))
+        self.device = torch.device(
+            "cuda"
+            if cfg.device == "auto" and torch.cuda.is_available()
+            else ("cpu" if cfg.device == "auto" else cfg.device)
+        )
         try:
             self.tokenizer = AutoTokenizer.from_pretrained(path)
             self.model = AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, cfg.dtype))
@@ -117,7 +120,9 @@ class LocalTeacher:
         return ids
 
     @torch.inference_mode()
-    def label_distribution(self, prompts: Sequence[Prompt], verbalizers: Sequence[str]) -> list[dict[str, Any]]:
+    def label_distribution(
+        self, prompts: Sequence[Prompt], verbalizers: Sequence[str]
+    ) -> list[dict[str, Any]]:
         label_ids = torch.tensor(self.verbalizer_ids(verbalizers), device=self.device)
         enc = self._encode(prompts)
         # Left padding shifts positions; rebuild them from the mask so padded rows match unpadded ones.
@@ -127,7 +132,8 @@ class LocalTeacher:
         mass = probs.sum(-1, keepdim=True)
         distribution = probs / mass
         return [
-            {"distribution": d.tolist(), "label_mass": float(m)} for d, m in zip(distribution.cpu(), mass.cpu())
+            {"distribution": d.tolist(), "label_mass": float(m)}
+            for d, m in zip(distribution.cpu(), mass.cpu())
         ]
 
     @torch.inference_mode()
@@ -149,4 +155,3 @@ class LocalTeacher:
             text = self.tokenizer.decode(row, skip_special_tokens=True).strip()
             results.append({"text": text, "finish_reason": "stop" if stopped else "length"})
         return results
-
