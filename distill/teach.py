@@ -64,7 +64,11 @@ def run(cfg: PipelineConfig, teacher: Teacher | None = None) -> dict[str, Any]:
     with timer.section("load_data"):
         data = {(t.name, s): load_split(t, s) for t in cfg.tasks for s in cfg.teach.splits}
         shots = {
-            t.name: few_shot_examples(t, load_split(t, "train"), cfg.teach.few_shot)
+            t.name: few_shot_examples(
+                t, data.get((t.name, "train")) or load_split(t, "train"), cfg.teach.few_shot
+            )
+            if cfg.teach.few_shot
+            else []
             for t in cfg.tasks
             if t.kind == "classification"
         }
