@@ -37,6 +37,13 @@ def _load(path: Path, overrides: list[str]):
     return load_pipeline(path, overrides)
 
 
+def _exit_on_failed_gates(report: dict) -> None:
+    failed = [k for k, g in report["gates"].items() if not g["passed"]]
+    if failed:
+        typer.echo(f"error: gates failed: {', '.join(failed)}", err=True)
+        raise typer.Exit(1)
+
+
 @app.command()
 def teach(pipeline: Path = PIPELINE, set_: list[str] = SET) -> None:
     """The teacher labels and summarises every configured split (answers are cached)."""
@@ -95,10 +102,7 @@ def eval_(pipeline: Path = PIPELINE, set_: list[str] = SET) -> None:
 
     report = stage.run(cfg)
     typer.echo(stage.markdown(report))
-    failed = [k for k, g in report["gates"].items() if not g["passed"]]
-    if failed:
-        typer.echo(f"error: gates failed: {', '.join(failed)}", err=True)
-        raise typer.Exit(1)
+    _exit_on_failed_gates(report)
 
 
 @app.command()
@@ -125,10 +129,7 @@ def run(
         timings[name] = time.perf_counter() - start
     typer.echo(evaluation.markdown(result))
     typer.echo("wall time: " + ", ".join(f"{k} {v:.0f} s" for k, v in timings.items()), err=True)
-    failed = [k for k, g in result["gates"].items() if not g["passed"]]
-    if failed:
-        typer.echo(f"error: gates failed: {', '.join(failed)}", err=True)
-        raise typer.Exit(1)
+    _exit_on_failed_gates(result)
 
 
 def main() -> None:

@@ -3,6 +3,7 @@ speed and size measured in the same run. Writes report.json and report.md."""
 
 from __future__ import annotations
 
+import functools
 import json
 import statistics
 import time
@@ -84,14 +85,18 @@ def classification_metrics(
     }
 
 
-def rouge(predictions: list[str], references: list[str]) -> dict[str, float]:
+@functools.cache
+def _rouge_metric() -> Any:
     import evaluate
 
+    return evaluate.load(str(ROUGE_MODULE))
+
+
+def rouge(predictions: list[str], references: list[str]) -> dict[str, float]:
     pairs = [(p, r) for p, r in zip(predictions, references) if r]
     if not pairs:
         return {}
-    metric = evaluate.load(str(ROUGE_MODULE))
-    scores = metric.compute(predictions=[p for p, _ in pairs], references=[r for _, r in pairs])
+    scores = _rouge_metric().compute(predictions=[p for p, _ in pairs], references=[r for _, r in pairs])
     return {k: round(float(v), 4) for k, v in scores.items()}
 
 
