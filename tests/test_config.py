@@ -109,3 +109,45 @@ def test_fp16_on_cpu_is_refused(tmp_path):
     ds.write_text('{"train_batch_size": 8}')
     with pytest.raises(ConfigError, match="train_batch_size"):
         deepspeed_config(TrainConfig(deepspeed=str(ds)), world=1)
+
+
+@pytest.mark.parametrize(
+    ("teach", "message"),
+    [
+        (
+            {"teacher": {"backend": "local", "mode": "batch"}},
+            r"teach\.teacher\.mode: batch needs backend: openai",
+        ),
+        ({"teacher": {"backend": "openai", "max_cost": 5}}, r"teach\.teacher\.max_cost: needs price"),
+        (
+            {"teacher": {"backend": "openai", "top_logprobs": 50}},
+            r"teach\.teacher\.top_logprobs: .* at most 20",
+        ),
+        ({"teacher": {"backend": "vllm"}}, r"teach\.teacher\.backend: 'vllm' is not one of"),
+        ({"teacher": {"concurrency": 0}}, r"teach\.teacher\.concurrency: must be >= 1"),
+        (
+            {"calibration": {"temperature": True}},
+            r"teach\.calibration\.split: task t has no validation split",
+        ),
+        ({"calibration": {"prior": "uniform"}}, r"teach\.calibration\.prior: 'uniform' is not one of"),
+        (
+            {"splits": ["test"], "calibration": {"prior": "pool_mean"}},
+            r"teach\.calibration\.prior: pool_mean needs train",
+        ),
+    ],
+)
+def test_api_teacher_and_calibration_settings_are_checked(tmp_path, teach, message):
+    data = base()
+    data["teach"] = teach
+    with pytest.raises(ConfigError, match=message):
+        load_pipeline(_write(tmp_path, data))
+
+
+def test_missing_api_key_is_named(monkeypatch):
+    from distill.config import TeacherConfig
+    from distill.errors import DistillError
+    from distill.teacher.api import APITeacher
+
+    monkeypatch.delenv("NO_SUCH_KEY_VAR", raising=False)
+    with pytest.raises(DistillError, match=r"\$NO_SUCH_KEY_VAR is not set"):
+        APITeacher(TeacherConfig(backend="openai", model="gpt-4o-mini", api_key_env="NO_SUCH_KEY_VAR"))

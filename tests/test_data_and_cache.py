@@ -44,27 +44,27 @@ def test_unknown_label_and_missing_file_are_named(pipeline, tmp_path):
 
 
 class CrashingTeacher:
-    """The real local teacher, made to die after a number of batches (like a killed run)."""
+    """The real local teacher, made to die after a number of answers (like a killed run)."""
 
-    def __init__(self, inner, batches_before_crash):
+    def __init__(self, inner, answers_before_crash):
         self.inner = inner
-        self.left = batches_before_crash
+        self.left = answers_before_crash
         self.id = inner.id
         self.asked = 0
 
-    def _tick(self, n):
-        if self.left == 0:
-            raise KeyboardInterrupt("simulated kill")
-        self.left -= 1
-        self.asked += n
+    def _count(self, answers):
+        for item in answers:
+            if self.left == 0:
+                raise KeyboardInterrupt("simulated kill")
+            self.left -= 1
+            self.asked += 1
+            yield item
 
     def label_distribution(self, prompts, verbalizers):
-        self._tick(len(prompts))
-        return self.inner.label_distribution(prompts, verbalizers)
+        return self._count(self.inner.label_distribution(prompts, verbalizers))
 
     def summarize(self, prompts):
-        self._tick(len(prompts))
-        return self.inner.summarize(prompts)
+        return self._count(self.inner.summarize(prompts))
 
     def decoding_params(self):
         return self.inner.decoding_params()
@@ -72,23 +72,26 @@ class CrashingTeacher:
     def num_parameters(self):
         return self.inner.num_parameters()
 
+    def usage(self):
+        return {}
+
 
 def test_interrupted_teach_resumes_without_asking_twice(pipeline):
     cfg = load_pipeline(pipeline)
     real = load_teacher(cfg.teach.teacher)
-    first = CrashingTeacher(real, batches_before_crash=3)
+    first = CrashingTeacher(real, answers_before_crash=12)
     with pytest.raises(KeyboardInterrupt):
         teach(cfg, teacher=first)
-    assert first.asked == 12  # three batches of 4 were answered and committed before the crash
+    assert first.asked == 12  # twelve answers were committed, one by one, before the crash
     assert not output_path(cfg, "reviews", "train").exists()
 
-    second = CrashingTeacher(real, batches_before_crash=10**6)
+    second = CrashingTeacher(real, answers_before_crash=10**6)
     summary = teach(cfg, teacher=second)
     total = sum(c["rows"] for c in summary["counts"].values())
     assert summary["cache"]["hits"] == 12
     assert second.asked == summary["cache"]["teacher_calls"] == total - 12
 
-    third = CrashingTeacher(real, batches_before_crash=0)  # any call would raise
+    third = CrashingTeacher(real, answers_before_crash=0)  # any call would raise
     again = teach(cfg, teacher=third)
     assert again["cache"]["hits"] == total and again["cache"]["teacher_calls"] == 0
     rows = [json.loads(x) for x in output_path(cfg, "reviews", "train").read_text().splitlines()]
@@ -120,7 +123,9 @@ def test_teacher_distribution_is_batch_invariant(pipeline):
         classification_prompt(task, {"text": t, "text_pair": None})
         for t in ["short", "a much longer text " * 5]
     ]
-    batched = teacher.label_distribution(prompts, ["great", "other"])
-    for prompt, together in zip(prompts, batched):
-        alone = teacher.label_distribution([prompt], ["great", "other"])[0]
+    batched = dict(teacher.label_distribution(prompts, ["great", "other"]))
+    assert sorted(batched) == [0, 1]
+    for i, prompt in enumerate(prompts):
+        together = batched[i]
+        [(_, alone)] = teacher.label_distribution([prompt], ["great", "other"])
         assert alone["distribution"] == pytest.approx(together["distribution"], abs=1e-4)

@@ -135,7 +135,5 @@ def test_bad_pipeline_is_one_clear_line(tmp_path):
     path.write_text("run_dir: x\ntasks: []\nteach: {teacher: {model: m, temperature: 2}}\n")
     proc = distill("teach", path, check=False)
     assert proc.returncode == 2
-    assert proc.stderr.strip().splitlines() == [
-        f"error: {path}: teach.teacher.temperature: unknown key "
-        "(known: backend, model, batch_size, max_input_tokens, max_new_tokens, dtype, device)"
-    ]
+    [line] = proc.stderr.strip().splitlines()
+    assert line.startswith(f"error: {path}: teach.teacher.temperature: unknown key (known: backend, model, ")

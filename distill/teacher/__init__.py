@@ -2,30 +2,38 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import math
+from collections import Counter
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict
+from pathlib import Path
 from typing import Any, Protocol
 
 from distill.cache import AnswerCache, answer_key
 from distill.config import TeacherConfig
 from distill.prompts import Prompt
 
+Answer = dict[str, Any]
+"""A label answer ``{"distribution": [p per verbalizer], "label_mass": float, "method": str}``,
+a summary ``{"text": str, "finish_reason": "stop" | "length"}``, or, for an item the backend
+could not answer, ``{"error": reason}``."""
+
 
 class Teacher(Protocol):
-    """A backend: label a batch → class distributions; summarise a batch → texts."""
+    """A backend: label prompts → class distributions; summarise prompts → texts.
+
+    Both yield ``(index into prompts, answer)`` as answers complete, in any order, so that
+    the cache can keep each one the moment it exists.
+    """
 
     id: str
-    """Names the model and its weights; part of every cache key."""
+    """Names the model and its weights (or endpoint); part of every cache key."""
 
     def label_distribution(
         self, prompts: Sequence[Prompt], verbalizers: Sequence[str]
-    ) -> list[dict[str, Any]]:
-        """Per prompt: {"distribution": [p per verbalizer, sums to 1], "label_mass": float}."""
-        ...
+    ) -> Iterator[tuple[int, Answer]]: ...
 
-    def summarize(self, prompts: Sequence[Prompt]) -> list[dict[str, Any]]:
-        """Per prompt: {"text": str, "finish_reason": "stop" | "length"}."""
-        ...
+    def summarize(self, prompts: Sequence[Prompt]) -> Iterator[tuple[int, Answer]]: ...
 
     def decoding_params(self) -> dict[str, Any]:
         """Every setting that changes an answer; part of every cache key."""
@@ -33,23 +41,53 @@ class Teacher(Protocol):
 
     def num_parameters(self) -> int | None: ...
 
+    def usage(self) -> dict[str, Any]:
+        """Requests, tokens, retries and estimated cost so far (empty for a local model)."""
+        ...
 
-def load_teacher(cfg: TeacherConfig) -> Teacher:
+
+def load_teacher(cfg: TeacherConfig, run_dir: Path | None = None) -> Teacher:
+    """``run_dir`` keeps the API backend's batch-job state, so a rerun resumes the same job."""
+    if cfg.backend == "openai":
+        from distill.teacher.api import APITeacher
+
+        return APITeacher(cfg, state_dir=run_dir)
     from distill.teacher.local import LocalTeacher
 
     return LocalTeacher(cfg)
 
 
-class CachedTeacher:
-    """Answers from the cache where it can; asks the backend only for misses, in
-    length-sorted batches (less padding), committing each batch as it completes."""
+def check_answer(kind: str, answer: Any, n_labels: int = 0) -> str | None:
+    """Why ``answer`` may not be cached, or None. Guards the cache against any backend's bug."""
+    if not isinstance(answer, dict):
+        return f"answer is {type(answer).__name__}, not a mapping"
+    if "error" in answer:
+        return str(answer["error"])
+    if kind == "summary":
+        ok = isinstance(answer.get("text"), str) and answer.get("finish_reason") in ("stop", "length")
+        return None if ok else f"malformed summary answer {answer!r:.200}"
+    dist = answer.get("distribution")
+    if (
+        not isinstance(dist, list)
+        or len(dist) != n_labels
+        or not all(isinstance(p, (int, float)) and math.isfinite(p) and p >= 0 for p in dist)
+        or abs(sum(dist) - 1.0) > 1e-4
+    ):
+        return f"malformed class distribution {dist!r:.200}"
+    return None
 
-    def __init__(self, teacher: Teacher, cache: AnswerCache, batch_size: int):
+
+class CachedTeacher:
+    """Answers from the cache where it can; asks the backend only for misses and commits each
+    answer the moment it arrives. Failed items are never cached; they are kept in ``failures``."""
+
+    def __init__(self, teacher: Teacher, cache: AnswerCache):
         self.teacher = teacher
         self.cache = cache
-        self.batch_size = batch_size
         self.hits = 0
         self.calls = 0
+        self.failures: dict[str, str] = {}
+        """Cache key → why the backend could not answer it."""
 
     def _key(self, kind: str, version: str, prompt: Prompt, extra: Any = None) -> str:
         return answer_key(
@@ -63,31 +101,42 @@ class CachedTeacher:
 
     def _answer(
         self,
+        kind: str,
         keys: list[str],
         prompts: Sequence[Prompt],
-        ask: Callable[[list[Prompt]], list[dict[str, Any]]],
+        ask: Callable[[list[Prompt]], Iterator[tuple[int, Answer]]],
         progress: Callable[[int], None] | None,
-    ) -> list[dict[str, Any]]:
+        n_labels: int = 0,
+    ) -> list[Answer]:
+        """Per prompt, the answer, or ``{"error": reason}`` for one the backend failed."""
         found = self.cache.get_many(keys)
-        cached = sum(k in found for k in keys)
-        self.hits += cached
+        self.hits += sum(k in found for k in keys)
         if progress:
-            progress(cached)
+            progress(sum(k in found for k in keys))
         todo: dict[str, Prompt] = {}
         for key, prompt in zip(keys, prompts):
             if key not in found:
                 todo.setdefault(key, prompt)
-        order = sorted(todo, key=lambda k: len(todo[k].user))
-        for start in range(0, len(order), self.batch_size):
-            batch = order[start : start + self.batch_size]
-            answers = ask([todo[k] for k in batch])
-            self.calls += len(batch)
-            fresh = dict(zip(batch, answers))
-            self.cache.put_many(fresh)
-            found.update(fresh)
-            if progress:
-                progress(sum(1 for k in keys if k in fresh))
-        return [found[k] for k in keys]
+        order = list(todo)
+        copies = Counter(keys)
+        failed: dict[str, str] = {}
+        if order:
+            for i, answer in ask([todo[k] for k in order]):
+                key = order[i]
+                reason = check_answer(kind, answer, n_labels)
+                if reason:
+                    failed[key] = reason
+                    continue
+                self.cache.put_many({key: answer})
+                found[key] = answer
+                self.calls += 1
+                if progress:
+                    progress(copies[key])
+        for key in order:
+            if key not in found and key not in failed:
+                failed[key] = "the backend returned no answer"
+        self.failures.update(failed)
+        return [found[k] if k in found else {"error": failed[k]} for k in keys]
 
     def label_distribution(
         self,
@@ -95,14 +144,19 @@ class CachedTeacher:
         verbalizers: Sequence[str],
         version: str,
         progress: Callable[[int], None] | None = None,
-    ) -> list[dict[str, Any]]:
+    ) -> list[Answer]:
         keys = [self._key("label", version, p, list(verbalizers)) for p in prompts]
         return self._answer(
-            keys, prompts, lambda b: self.teacher.label_distribution(b, verbalizers), progress
+            "label",
+            keys,
+            prompts,
+            lambda b: self.teacher.label_distribution(b, verbalizers),
+            progress,
+            n_labels=len(verbalizers),
         )
 
     def summarize(
         self, prompts: Sequence[Prompt], version: str, progress: Callable[[int], None] | None = None
-    ) -> list[dict[str, Any]]:
+    ) -> list[Answer]:
         keys = [self._key("summary", version, p) for p in prompts]
-        return self._answer(keys, prompts, self.teacher.summarize, progress)
+        return self._answer("summary", keys, prompts, self.teacher.summarize, progress)

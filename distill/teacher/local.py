@@ -2,13 +2,14 @@
 
 Class distributions are exact, not parsed from generated text: one forward pass per
 batch reads the next-token distribution after the forced "Answer:" prefix, at each
-label's verbalizer token, renormalised over the label set.
+label's verbalizer token, renormalised over the label set. Prompts are batched in
+length order, so a batch carries little padding.
 """
 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -73,6 +74,26 @@ class LocalTeacher:
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.model.parameters())
 
+    def usage(self) -> dict[str, Any]:
+        return {}
+
+    def _batched(
+        self, prompts: Sequence[Prompt], answer: Callable[[list[Prompt]], list[dict[str, Any]]]
+    ) -> Iterator[tuple[int, dict[str, Any]]]:
+        order = sorted(range(len(prompts)), key=lambda i: len(prompts[i].user))
+        for start in range(0, len(order), self.cfg.batch_size):
+            batch = order[start : start + self.cfg.batch_size]
+            yield from zip(batch, answer([prompts[i] for i in batch]))
+
+    def label_distribution(
+        self, prompts: Sequence[Prompt], verbalizers: Sequence[str]
+    ) -> Iterator[tuple[int, dict[str, Any]]]:
+        label_ids = self.verbalizer_ids(verbalizers)  # fail before any batch for clashing verbalizers
+        return self._batched(prompts, lambda batch: self.label_batch(batch, label_ids))
+
+    def summarize(self, prompts: Sequence[Prompt]) -> Iterator[tuple[int, dict[str, Any]]]:
+        return self._batched(prompts, self.summary_batch)
+
     def _render(self, prompt: Prompt) -> str:
         """Chat template when the model has one, so instruct models see their format."""
         body = self._fit(prompt)
@@ -117,10 +138,8 @@ class LocalTeacher:
         return ids
 
     @torch.inference_mode()
-    def label_distribution(
-        self, prompts: Sequence[Prompt], verbalizers: Sequence[str]
-    ) -> list[dict[str, Any]]:
-        label_ids = torch.tensor(self.verbalizer_ids(verbalizers), device=self.device)
+    def label_batch(self, prompts: Sequence[Prompt], verbalizer_ids: list[int]) -> list[dict[str, Any]]:
+        label_ids = torch.tensor(verbalizer_ids, device=self.device)
         enc = self._encode(prompts)
         # Left padding shifts positions; rebuild them from the mask so padded rows match unpadded ones.
         positions = (enc["attention_mask"].cumsum(-1) - 1).clamp(min=0)
@@ -129,12 +148,12 @@ class LocalTeacher:
         mass = probs.sum(-1, keepdim=True)
         distribution = probs / mass
         return [
-            {"distribution": d.tolist(), "label_mass": float(m)}
+            {"distribution": d.tolist(), "label_mass": float(m), "method": "verbalizer_logits"}
             for d, m in zip(distribution.cpu(), mass.cpu())
         ]
 
     @torch.inference_mode()
-    def summarize(self, prompts: Sequence[Prompt]) -> list[dict[str, Any]]:
+    def summary_batch(self, prompts: Sequence[Prompt]) -> list[dict[str, Any]]:
         enc = self._encode(prompts)
         out = self.model.generate(
             **enc,

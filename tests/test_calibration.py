@@ -1,0 +1,68 @@
+import json
+
+import numpy as np
+import pytest
+
+from distill.calibration import apply_temperature, calibrate, fit_temperature, prior_correct
+from distill.config import load_pipeline
+from distill.teach import output_path
+from distill.teach import run as teach
+from tests.conftest import api_pipeline
+from tests.loopback_openai import EXPECTED
+
+
+def test_prior_correction_makes_the_prior_uniform():
+    prior = np.array([0.8, 0.2])
+    assert prior_correct(prior[None], prior) == pytest.approx(np.array([[0.5, 0.5]]))
+    assert prior_correct(np.array([[0.5, 0.5]]), prior)[0] == pytest.approx([0.2, 0.8])
+
+
+def test_fitted_temperature_undoes_overconfidence():
+    rng = np.random.default_rng(0)
+    logits = rng.normal(size=(4000, 3)) * 2
+    true = np.exp(logits) / np.exp(logits).sum(-1, keepdims=True)
+    gold = np.array([rng.choice(3, p=p) for p in true])
+    overconfident = apply_temperature(true, 1 / 3)  # logits × 3
+    tau = fit_temperature(overconfident, gold)
+    assert tau == pytest.approx(3.0, rel=0.15)
+    assert calibrate(overconfident, None, tau) == pytest.approx(true, abs=0.06)
+
+
+def test_content_free_prior_and_temperature_are_stored_and_applied(tmp_path, tiny_encoder, server):
+    path = api_pipeline(tmp_path, tiny_encoder, server.url)
+    cfg0 = load_pipeline(path)
+    test_file = cfg0.tasks[0].data["test"]
+    cfg = load_pipeline(
+        path,
+        [
+            f"tasks.reviews.data.validation={test_file}",
+            "teach.calibration.prior=content_free",
+            "teach.calibration.temperature=true",
+        ],
+    )
+    summary = teach(cfg)
+    fitted = summary["teacher"]["calibration"]["reviews"]
+    assert fitted["prior"] == pytest.approx(EXPECTED["other"])  # "N/A" has no good words
+    assert fitted["temperature"] > 0 and fitted["dev_nll"]["after"] <= fitted["dev_nll"]["before"]
+    manifest = json.loads((cfg.path / "teach" / "manifest.json").read_text())
+    assert manifest["teacher"]["calibration"]["reviews"]["temperature"] == fitted["temperature"]
+    for split in ("train", "test", "validation"):
+        rows = [json.loads(x) for x in output_path(cfg, "reviews", split).read_text().splitlines()]
+        raw = np.array([r["teacher_distribution_raw"] for r in rows])
+        want = calibrate(raw, fitted["prior"], fitted["temperature"])
+        assert np.array([r["teacher_distribution"] for r in rows]) == pytest.approx(want)
+        assert [r["teacher_label"] for r in rows] == [["great", "other"][int(i)] for i in want.argmax(-1)]
+
+
+def test_pool_mean_prior_is_the_mean_train_answer(tmp_path, tiny_encoder, server):
+    cfg = load_pipeline(
+        api_pipeline(tmp_path, tiny_encoder, server.url), ["teach.calibration.prior=pool_mean"]
+    )
+    fitted = teach(cfg)["teacher"]["calibration"]["reviews"]
+    rows = [json.loads(x) for x in output_path(cfg, "reviews", "train").read_text().splitlines()]
+    raw = np.array([r["teacher_distribution_raw"] for r in rows])
+    assert fitted["prior"] == pytest.approx(raw.mean(0).tolist())
+    assert fitted["temperature"] is None
+    calibrated = np.array([r["teacher_distribution"] for r in rows])
+    minority = int(raw.mean(0).argmin())
+    assert calibrated.mean(0)[minority] > raw.mean(0)[minority]  # the prior's weaker label gains mass
