@@ -18,7 +18,7 @@ import pytest
 from distill.config import load_pipeline
 from distill.teach import failed_items, output_path
 from distill.teach import run as teach
-from distill.teacher.api import distribution_from_logprobs, match_label
+from distill.teacher.answers import distribution_from_logprobs, match_label
 from tests.conftest import KEY, REPO, api_pipeline
 from tests.loopback_openai import EXPECTED, judge
 

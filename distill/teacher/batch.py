@@ -18,7 +18,8 @@ from typing import Any
 
 from distill.errors import DistillError
 from distill.prompts import Prompt
-from distill.teacher.api import APITeacher, ItemFailed, NoLogprobs, parse_label, parse_summary
+from distill.teacher.answers import ItemFailed, NoLogprobs, parse_label, parse_summary
+from distill.teacher.api import APITeacher
 
 TERMINAL = ("completed", "failed", "expired", "cancelled")
 

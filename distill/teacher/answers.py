@@ -1,0 +1,140 @@
+"""How an OpenAI-compatible answer becomes a class distribution or a summary.
+
+Pure functions over the JSON the endpoint returned; the rules are the same for online
+requests and Batch API results.
+"""
+
+from __future__ import annotations
+
+import math
+import string
+from collections.abc import Sequence
+from typing import Any
+
+
+class ItemFailed(Exception):
+    """This item cannot be answered; the run goes on with the others."""
+
+
+class Malformed(ItemFailed):
+    """An answer that cannot be used as given (retried a bounded number of times)."""
+
+
+class NoLogprobs(Exception):
+    """The endpoint ignored the logprobs request."""
+
+
+def normalize_token(token: str) -> str:
+    """' Great', 'great.', 'Ġgreat' → 'great'."""
+    return token.replace("Ġ", " ").replace("▁", " ").strip().strip(string.punctuation).lower()
+
+
+def match_label(token: str, verbalizers: Sequence[str]) -> int | None:
+    """The one label whose verbalizer starts with this token, or None (no match, or several)."""
+    word = normalize_token(token)
+    if not word:
+        return None
+    hits = [i for i, v in enumerate(verbalizers) if normalize_token(v).startswith(word)]
+    return hits[0] if len(hits) == 1 else None
+
+
+def distribution_from_logprobs(content: list[dict[str, Any]], verbalizers: Sequence[str]) -> dict[str, Any]:
+    """``content``: the choice's ``logprobs.content`` (one entry per answer token).
+
+    A label none of whose spellings is among the listed alternatives still had some
+    probability, at most the smallest one listed (and at most the unlisted remainder); it
+    gets that bound rather than a zero that would make it impossible (infinite KL, and a
+    prior correction that divides by zero). Such labels are named in ``unlisted``.
+    """
+    for position in content:
+        chosen = normalize_token(position.get("token") or "")
+        if chosen in ("", "answer"):
+            continue  # "Answer:" echoed, or a blank token, before the label word
+        listed = [(alt["token"], math.exp(alt["logprob"])) for alt in position.get("top_logprobs") or []]
+        mass = [0.0] * len(verbalizers)
+        for token, p in listed:
+            label = match_label(token, verbalizers)
+            if label is not None:
+                mass[label] += p
+        total = sum(mass)
+        if total <= 0.0:
+            raise Malformed(f"answer {position.get('token')!r} is outside the label set")
+        unlisted = [i for i, m in enumerate(mass) if m == 0.0]
+        if unlisted:
+            bound = min(min(p for _, p in listed), max(1.0 - sum(p for _, p in listed), 0.0))
+            for i in unlisted:
+                mass[i] = max(bound, 1e-9)
+        answer = {
+            "distribution": [m / sum(mass) for m in mass],
+            "label_mass": min(total, 1.0),
+            "method": "logprobs",
+        }
+        if unlisted:
+            answer["unlisted"] = [verbalizers[i] for i in unlisted]
+        return answer
+    raise Malformed("the answer has no label word")
+
+
+def distribution_from_samples(texts: Sequence[str], verbalizers: Sequence[str]) -> dict[str, Any]:
+    counts = [0] * len(verbalizers)
+    for text in texts:
+        words = (text or "").replace(":", " ").split()
+        words = [w for w in words if normalize_token(w) not in ("", "answer")]
+        label = match_label(words[0], verbalizers) if words else None
+        if label is not None:
+            counts[label] += 1
+    matched = sum(counts)
+    if not matched:
+        raise Malformed(f"none of {len(texts)} sampled answers is a label (first: {texts[0]!r:.60})")
+    return {
+        "distribution": [c / matched for c in counts],
+        "label_mass": matched / len(texts),
+        "method": f"samples:{len(texts)}",
+    }
+
+
+def distribution_from_scores(logprobs: Sequence[float]) -> dict[str, Any]:
+    """Per label, log P(verbalizer | prompt) from scoring it → renormalised distribution."""
+    top = max(logprobs)
+    weights = [math.exp(lp - top) for lp in logprobs]
+    return {
+        "distribution": [w / sum(weights) for w in weights],
+        "label_mass": min(1.0, sum(math.exp(lp) for lp in logprobs)),
+        "method": "score_labels",
+    }
+
+
+def parse_label(response: dict[str, Any], verbalizers: Sequence[str]) -> dict[str, Any]:
+    """A chat completion (as a dict) → label answer; raises NoLogprobs or Malformed."""
+    try:
+        choice = response["choices"][0]
+    except (KeyError, IndexError, TypeError):
+        raise Malformed("the response has no choices") from None
+    content = (choice.get("logprobs") or {}).get("content")
+    if not content:
+        raise NoLogprobs
+    return distribution_from_logprobs(content, verbalizers)
+
+
+def parse_summary(response: dict[str, Any]) -> dict[str, Any]:
+    try:
+        choice = response["choices"][0]
+    except (KeyError, IndexError, TypeError):
+        raise Malformed("the response has no choices") from None
+    text = ((choice.get("message") or {}).get("content") or "").strip()
+    reason = choice.get("finish_reason")
+    if reason not in ("stop", "length"):
+        raise ItemFailed(f"finish_reason {reason!r}")
+    if not text:
+        raise Malformed("empty summary")
+    return {"text": text, "finish_reason": reason}
+
+
+def continuation_logprob(response: dict[str, Any], context_chars: int) -> float:
+    """Sum of the echoed prompt's token logprobs from ``context_chars`` on (the verbalizer)."""
+    try:
+        lp = response["choices"][0]["logprobs"]
+        pairs = zip(lp["text_offset"], lp["token_logprobs"])
+        return sum(v for offset, v in pairs if offset >= context_chars and v is not None)
+    except (KeyError, IndexError, TypeError):
+        raise ItemFailed("/completions returned no echoed logprobs to score labels with") from None
