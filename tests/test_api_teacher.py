@@ -150,6 +150,34 @@ def test_faults_end_labeled_or_listed_and_rerun_asks_only_failures(tmp_path, tin
     assert_key_never_written(tmp_path)
 
 
+def test_killed_online_teach_never_asks_a_cached_answer_again(tmp_path, tiny_encoder, server):
+    import sqlite3
+
+    server.latency_s = 0.2
+    path = api_pipeline(tmp_path, tiny_encoder, server.url)
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "distill.cli", "teach", str(path)], env=env, stderr=subprocess.DEVNULL
+    )
+    deadline = time.time() + 120
+    while len(server.log) < 12 and time.time() < deadline:
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    cfg = load_pipeline(path)
+    with sqlite3.connect(cfg.teach.cache) as db:
+        kept = db.execute("SELECT COUNT(*) FROM answers").fetchone()[0]
+    assert kept >= 8  # answers are committed one by one, not at the end of a batch or split
+
+    while server.in_flight:  # the dead client's last requests, still in the server's latency sleep
+        time.sleep(0.02)
+    before = len(server.log)
+    summary = teach(cfg)
+    total = sum(c["rows"] for c in summary["counts"].values())
+    assert summary["complete"] and summary["cache"]["hits"] == kept
+    assert len(server.log) - before == summary["cache"]["teacher_calls"] == total - kept
+
+
 def test_budget_stops_cleanly_and_the_rest_follows_later(tmp_path, tiny_encoder, server):
     path = api_pipeline(tmp_path, tiny_encoder, server.url, concurrency=1)
     result = distill_cli("teach", str(path), "--max-requests", "5")
