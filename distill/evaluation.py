@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import functools
 import json
-import statistics
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -18,7 +17,7 @@ from distill.batches import encode_classification, encode_documents, pad
 from distill.config import PipelineConfig, TaskConfig
 from distill.data import read_jsonl
 from distill.errors import DistillError
-from distill.manifest import Timer, write_manifest
+from distill.manifest import Timer, latency_percentiles, write_manifest
 from distill.prompts import classification_prompt, summary_prompt
 from distill.student import Student, load_student
 
@@ -138,13 +137,10 @@ def time_model(
         t = time.perf_counter()
         fn([item])
         latencies.append((time.perf_counter() - t) * 1000)
-    latencies.sort()
-    p95 = latencies[min(len(latencies) - 1, int(round(0.95 * (len(latencies) - 1))))]
     return {
         "items": len(items),
         "items_per_s": round(len(items) / elapsed, 2),
-        "latency_p50_ms": round(statistics.median(latencies), 2),
-        "latency_p95_ms": round(p95, 2),
+        **latency_percentiles(latencies),
     }
 
 

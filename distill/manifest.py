@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import platform
+import statistics
 import time
 from contextlib import contextmanager
 from importlib import metadata
@@ -23,6 +24,15 @@ def versions() -> dict[str, str]:
         except metadata.PackageNotFoundError:
             continue
     return found
+
+
+def latency_percentiles(ms: list[float], digits: int = 2) -> dict[str, float | None]:
+    """p50 and p95 (nearest rank) of latencies in milliseconds; None when there are none."""
+    if not ms:
+        return {"latency_p50_ms": None, "latency_p95_ms": None}
+    ordered = sorted(ms)
+    p95 = ordered[min(len(ordered) - 1, int(round(0.95 * (len(ordered) - 1))))]
+    return {"latency_p50_ms": round(statistics.median(ordered), digits), "latency_p95_ms": round(p95, digits)}
 
 
 class Timer:

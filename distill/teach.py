@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -48,6 +49,21 @@ def _splits(cfg: PipelineConfig, task: TaskConfig) -> list[str]:
     if task.kind == "classification" and cal.temperature and cal.split not in splits:
         splits.append(cal.split)
     return splits
+
+
+def _ask_splits(
+    cfg: PipelineConfig,
+    task: TaskConfig,
+    data: dict[tuple[str, str], list[Example]],
+    ask: Callable[[list[Example], Callable[[int], None]], list[Answer]],
+) -> dict[str, list[Answer]]:
+    """Split → the teacher's answers for its examples, with a progress bar per split."""
+    answers = {}
+    for split in _splits(cfg, task):
+        examples = data[task.name, split]
+        with tqdm(total=len(examples), desc=f"teach {task.name}/{split}", unit="item") as bar:
+            answers[split] = ask(examples, bar.update)
+    return answers
 
 
 def _fit_calibration(
@@ -110,20 +126,37 @@ def _fit_calibration(
 def _label_task(
     cached: CachedTeacher, cfg: PipelineConfig, task: TaskConfig, data, shots: list[Example]
 ) -> tuple[dict[str, list[Answer]], dict[str, Any] | None]:
-    answers = {}
-    for split in _splits(cfg, task):
-        examples = data[task.name, split]
-        prompts = [classification_prompt(task, ex, shots) for ex in examples]
-        with tqdm(total=len(examples), desc=f"teach {task.name}/{split}", unit="item") as bar:
-            answers[split] = cached.label_distribution(
-                prompts, list(task.labels.values()), template_version(task), bar.update
-            )
+    verbalizers = list(task.labels.values())
+    answers = _ask_splits(
+        cfg,
+        task,
+        data,
+        lambda examples, progress: cached.label_distribution(
+            [classification_prompt(task, ex, shots) for ex in examples],
+            verbalizers,
+            template_version(task),
+            progress,
+        ),
+    )
     cal = cfg.teach.calibration
     if cal.prior == "none" and not cal.temperature:
         return answers, None
     examples = {s: data[task.name, s] for s in answers}
     fitted = _fit_calibration(cached, cfg, task, answers, examples)
     return answers, fitted
+
+
+def _summary_task(
+    cached: CachedTeacher, cfg: PipelineConfig, task: TaskConfig, data
+) -> dict[str, list[Answer]]:
+    return _ask_splits(
+        cfg,
+        task,
+        data,
+        lambda examples, progress: cached.summarize(
+            [summary_prompt(task, ex) for ex in examples], template_version(task), progress
+        ),
+    )
 
 
 def _label_rows(
@@ -183,12 +216,7 @@ def run(cfg: PipelineConfig, teacher: Teacher | None = None) -> dict[str, Any]:
                     if fitted:
                         calibration[task.name] = fitted
                 else:
-                    answers = {}
-                    for split in _splits(cfg, task):
-                        examples = data[task.name, split]
-                        with tqdm(total=len(examples), desc=f"teach {task.name}/{split}", unit="item") as bar:
-                            prompts = [summary_prompt(task, ex) for ex in examples]
-                            answers[split] = cached.summarize(prompts, template_version(task), bar.update)
+                    answers = _summary_task(cached, cfg, task, data)
             for split, got in answers.items():
                 examples = data[task.name, split]
                 failed = [

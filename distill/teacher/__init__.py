@@ -110,9 +110,10 @@ class CachedTeacher:
     ) -> list[Answer]:
         """Per prompt, the answer, or ``{"error": reason}`` for one the backend failed."""
         found = self.cache.get_many(keys)
-        self.hits += sum(k in found for k in keys)
+        hits = sum(k in found for k in keys)
+        self.hits += hits
         if progress:
-            progress(sum(k in found for k in keys))
+            progress(hits)
         todo: dict[str, Prompt] = {}
         for key, prompt in zip(keys, prompts):
             if key not in found:

@@ -17,7 +17,6 @@ import json
 import os
 import queue
 import random
-import statistics
 import threading
 import time
 from collections.abc import Awaitable, Callable, Iterator, Sequence
@@ -26,6 +25,7 @@ from typing import Any
 
 from distill.config import TeacherConfig
 from distill.errors import DistillError
+from distill.manifest import latency_percentiles
 from distill.prompts import Prompt
 from distill.teacher.answers import (
     ItemFailed,
@@ -113,12 +113,10 @@ class APITeacher:
         return None
 
     def usage(self) -> dict[str, Any]:
-        lat = sorted(self.latencies_ms)
         return {
             **self.counts,
             "cost_usd": None if self.cfg.price_input_per_mtok is None else round(self.cost(), 6),
-            "latency_p50_ms": round(statistics.median(lat), 1) if lat else None,
-            "latency_p95_ms": round(lat[int(0.95 * (len(lat) - 1))], 1) if lat else None,
+            **latency_percentiles(self.latencies_ms, digits=1),
         }
 
     def label_distribution(
@@ -165,6 +163,11 @@ class APITeacher:
             "max_tokens": self.cfg.max_new_tokens,
             "temperature": 0.0,
         }
+
+    @staticmethod
+    def estimated_tokens(body: dict[str, Any]) -> float:
+        """Prompt at 4 characters a token plus the answer's limit: what the tokens/min bucket charges."""
+        return len(body["messages"][0]["content"]) / CHARS_PER_TOKEN + body["max_tokens"]
 
     def cost(self) -> float:
         if self.cfg.price_input_per_mtok is None or self.cfg.price_output_per_mtok is None:
@@ -259,7 +262,7 @@ class APITeacher:
 
     async def _label(self, client: Any, prompt: Prompt, verbalizers: Sequence[str]) -> dict[str, Any]:
         body = self.label_body(prompt)
-        tokens = len(body["messages"][0]["content"]) / CHARS_PER_TOKEN + LABEL_MAX_TOKENS
+        tokens = self.estimated_tokens(body)
         chat = client.chat.completions.with_raw_response  # JSON parsed by _call, not into pydantic models
 
         async def ask() -> dict[str, Any]:
@@ -310,7 +313,7 @@ class APITeacher:
 
     async def _summary(self, client: Any, prompt: Prompt) -> dict[str, Any]:
         body = self.summary_body(prompt)
-        tokens = len(body["messages"][0]["content"]) / CHARS_PER_TOKEN + self.cfg.max_new_tokens
+        tokens = self.estimated_tokens(body)
         chat = client.chat.completions.with_raw_response
 
         async def ask() -> dict[str, Any]:
@@ -320,14 +323,16 @@ class APITeacher:
         return await self._retry_malformed(ask)
 
     # -- the loop in its thread ----------------------------------------------------------
-    def client(self) -> Any:
+    def client(self, asynchronous: bool = True) -> Any:
+        """The async client for requests: retries are ours (bounded, jittered, counted). The sync
+        one serves batch mode's few file and job calls, with the openai client's own retries."""
         import openai
 
-        return openai.AsyncOpenAI(
+        return (openai.AsyncOpenAI if asynchronous else openai.OpenAI)(
             api_key=self._key or "unused",
             base_url=self.cfg.base_url,
             timeout=self.cfg.timeout_s,
-            max_retries=0,  # retries are ours: bounded, jittered, counted
+            max_retries=0 if asynchronous else self.cfg.max_retries,
         )
 
     def _stream(

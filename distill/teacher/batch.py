@@ -34,7 +34,7 @@ def run_batch(
     for i, body in enumerate(bodies):
         custom_id = hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()[:32]
         where.setdefault(custom_id, []).append(i)
-    client = sync_client(teacher)
+    client = teacher.client(asynchronous=False)
     pending = set(where)
     jobs = [(path, json.loads(path.read_text())) for path in sorted(folder.glob("*.json"))]
     for path, state in jobs:  # jobs an earlier, interrupted run submitted
@@ -65,17 +65,6 @@ def _spread(answers: Iterator[tuple[str, dict[str, Any]]], where: dict[str, list
     for custom_id, answer in answers:
         for i in where[custom_id]:
             yield i, answer
-
-
-def sync_client(teacher: APITeacher) -> Any:
-    import openai
-
-    return openai.OpenAI(
-        api_key=teacher._key or "unused",
-        base_url=teacher.cfg.base_url,
-        timeout=teacher.cfg.timeout_s,
-        max_retries=teacher.cfg.max_retries,
-    )
 
 
 def submit(
