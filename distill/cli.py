@@ -139,9 +139,10 @@ def eval_(pipeline: Path = PIPELINE, set_: list[str] = SET) -> None:
     cfg = _load(pipeline, set_)
     _quiet()
     from distill import evaluation as stage
+    from distill.report import markdown
 
     report = stage.run(cfg)
-    typer.echo(stage.markdown(report))
+    typer.echo(markdown(report))
     _exit_on_failed_gates(report)
 
 
@@ -159,6 +160,7 @@ def run(
     cfg = _load(pipeline, _budget(set_, max_cost, max_requests))
     _quiet()
     from distill import evaluation, teach, train
+    from distill.report import markdown
 
     timings = {}
     for name, fn in (
@@ -171,7 +173,7 @@ def run(
         timings[name] = time.perf_counter() - start
         if name == "teach":
             _exit_on_failed_items(cfg, result)
-    typer.echo(evaluation.markdown(result))
+    typer.echo(markdown(result))
     typer.echo("wall time: " + ", ".join(f"{k} {v:.0f} s" for k, v in timings.items()), err=True)
     _exit_on_failed_gates(result)
 

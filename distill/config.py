@@ -101,6 +101,9 @@ class TeacherConfig:
     """local only."""
     device: Literal["auto", "cpu", "cuda"] = "auto"
     """local only."""
+    prefix_cache: bool = True
+    """local only: run the prompt start every prompt of a call shares (template, instruction,
+    shots) once and reuse its KV cache for every batch. Same answers; off only to measure it."""
 
     base_url: str | None = None
     """openai: the endpoint, e.g. http://127.0.0.1:8000/v1 (default: OpenAI's)."""
@@ -135,6 +138,11 @@ class TeacherConfig:
     """openai: stop asking after this many requests in this run."""
     batch_poll_s: float = 30.0
     """openai batch mode: seconds between status checks."""
+    min_label_mass: float = 0.05
+    """A label answer whose labels hold less than this share of the answer's probability (the
+    rest fell on other words) is not a label: the API teacher goes to its ``no_logprobs``
+    fallback (samples, score_labels) or fails the item; the local teacher fails it. Either way
+    it is never stored as a confident distribution. 0 turns the check off."""
 
     def __post_init__(self) -> None:
         positive = (
@@ -151,6 +159,8 @@ class TeacherConfig:
         for key in ("max_retries", "malformed_retries"):
             if getattr(self, key) < 0:
                 raise ConfigError(f"teach.teacher.{key}: must be >= 0")
+        if not 0.0 <= self.min_label_mass < 1.0:
+            raise ConfigError("teach.teacher.min_label_mass: must be within [0, 1)")
         if self.timeout_s <= 0 or self.batch_poll_s <= 0:
             raise ConfigError("teach.teacher.timeout_s and batch_poll_s: must be > 0")
         if self.backend == "local" and self.mode == "batch":
@@ -187,7 +197,11 @@ class TeachConfig:
     splits: list[str] = field(default_factory=lambda: ["train", "test"])
     """Splits the teacher answers: train for distillation, test so eval can compare."""
     few_shot: int = 0
-    """Labeled train examples shown in each classification prompt."""
+    """Gold-labeled examples shown in each classification prompt (cycling through the labels)."""
+    few_shot_split: str = "validation"
+    """Split the demonstrations are drawn from. It may not be eval.split; the rows shown are left
+    out of that split's teach output, so no student trains, and no temperature is fitted, on a row
+    whose gold label the teacher was shown."""
     cache: str | None = None
     """SQLite answer cache; default $DISTILL_CACHE or ~/.cache/distill/teacher.sqlite."""
     calibration: CalibrationConfig = field(default_factory=CalibrationConfig)
@@ -198,6 +212,8 @@ class TeachConfig:
                 raise ConfigError(f"teach.splits: unknown split {split!r}")
         if self.few_shot < 0:
             raise ConfigError("teach.few_shot: must be >= 0")
+        if self.few_shot_split not in SPLITS:
+            raise ConfigError(f"teach.few_shot_split: unknown split {self.few_shot_split!r}")
 
 
 @dataclass
@@ -227,6 +243,15 @@ class TrainConfig:
     kd_temperature: float = 2.0
     soft_weight: float = 0.5
     """Classification loss = soft_weight · T²·KL(teacher‖student) + (1 − soft_weight) · CE(hard label)."""
+    hard_labels: Literal["gold", "teacher", "none"] = "teacher"
+    """The CE target: the teacher's argmax (distil from the teacher), the gold label (rows without
+    one get no CE), or none (pure KD; needs soft_weight 1.0)."""
+    cut_summaries: Literal["no_eos", "exclude"] = "no_eos"
+    """Teacher summaries cut by the length limit: taught without an end token, or dropped."""
+    gradient_accumulation_steps: int = 1
+    """Micro-batches per optimizer step (DeepSpeed's train_batch_size = micro × this × world)."""
+    group_by_length: bool = True
+    """Batch rows of similar length together (within chunks of ~50 batches) to cut padding."""
     task_weights: dict[str, float] = field(default_factory=dict)
     """Task name → static loss weight (default 1.0)."""
     checkpoint_every: int = 50
@@ -238,7 +263,12 @@ class TrainConfig:
             raise ConfigError("train.kd_temperature: must be > 0")
         if not 0.0 <= self.soft_weight <= 1.0:
             raise ConfigError("train.soft_weight: must be within [0, 1]")
-        for key in ("epochs", "batch_size", "summary_batch_size", "checkpoint_every", "keep_checkpoints"):
+        if self.hard_labels == "none" and self.soft_weight != 1.0:
+            raise ConfigError(
+                f"train.hard_labels: none (pure KD) needs train.soft_weight: 1.0, not {self.soft_weight}"
+            )
+        positive = ("epochs", "batch_size", "summary_batch_size", "checkpoint_every", "keep_checkpoints")
+        for key in (*positive, "gradient_accumulation_steps"):
             if getattr(self, key) < 1:
                 raise ConfigError(f"train.{key}: must be >= 1")
 
@@ -247,15 +277,33 @@ class TrainConfig:
 class EvalConfig:
     split: str = "test"
     batch_size: int = 32
-    latency_items: int = 16
-    """Items timed one at a time for p50/p95 latency."""
-    throughput_items: int = 64
-    """Items timed in batches for items/s (teacher and student alike)."""
+    """Student batch for the quality metrics."""
     max_new_tokens: int = 64
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    """Where both models run (student and local teacher alike), so their speeds compare."""
+    speed_batch_size: int = 8
+    """Items per batched call when timing throughput, for both models."""
+    speed_budget_s: float = 30.0
+    """Wall-clock budget of the whole speed phase, split evenly over (model, task) pairs;
+    each slice holds 2 warm-up batches, then batched calls, then single-item calls."""
+    bootstrap_resamples: int = 1000
+    """Resamples of the eval rows behind every metric's 95% percentile interval."""
+    bootstrap_seed: int = 0
+    allow_stale_student: bool = False
+    """Evaluate a student trained on other teach outputs than the run folder holds now."""
     gates: dict[str, float] = field(default_factory=dict)
     """report.json path (dots) → minimum value; a miss exits non-zero.
 
     Example: ``fine_foods.student.accuracy: 0.6``."""
+
+    def __post_init__(self) -> None:
+        for key in ("batch_size", "max_new_tokens", "speed_batch_size"):
+            if getattr(self, key) < 1:
+                raise ConfigError(f"eval.{key}: must be >= 1")
+        if self.speed_budget_s <= 0:
+            raise ConfigError("eval.speed_budget_s: must be > 0")
+        if self.bootstrap_resamples < 100:
+            raise ConfigError("eval.bootstrap_resamples: a 95% percentile interval needs at least 100")
 
 
 @dataclass
@@ -287,8 +335,37 @@ class PipelineConfig:
                     f"teach.calibration.split: task {task.name} has no {cal.split} split "
                     "to fit the temperature on"
                 )
+            scored = task.data.get(self.eval.split)
+            fitted_on = {
+                "teach.calibration.split": cal.split if cal.temperature else None,
+                "teach.few_shot_split": self.teach.few_shot_split if self.teach.few_shot else None,
+            }
+            for key, split in fitted_on.items():
+                same_file = split in task.data and task.data[split] == scored
+                if task.kind == "classification" and split and split != self.eval.split and same_file:
+                    raise ConfigError(
+                        f"{key}: task {task.name} reads {split} from {scored}, the same file "
+                        f"as eval.split {self.eval.split!r}"
+                    )
+            shots_from = self.teach.few_shot_split
+            if task.kind == "classification" and self.teach.few_shot and shots_from not in task.data:
+                raise ConfigError(
+                    f"teach.few_shot_split: task {task.name} has no {shots_from} split to draw "
+                    "demonstrations from"
+                )
             if self.eval.split not in task.data:
                 raise ConfigError(f"eval.split: task {task.name} has no {self.eval.split} split in data")
+        # Nothing may be fitted on, or shown from, the rows the report scores.
+        if self.teach.calibration.temperature and self.teach.calibration.split == self.eval.split:
+            raise ConfigError(
+                f"teach.calibration.split: {self.eval.split!r} is also eval.split; fitting the "
+                "temperature on the rows the report scores would leak them into the result"
+            )
+        if self.teach.few_shot and self.teach.few_shot_split == self.eval.split:
+            raise ConfigError(
+                f"teach.few_shot_split: {self.eval.split!r} is also eval.split; demonstrations "
+                "must not come from the rows the report scores"
+            )
         if self.teach.calibration.prior == "pool_mean" and "train" not in self.teach.splits:
             raise ConfigError("teach.calibration.prior: pool_mean needs train among teach.splits")
         if self.eval.split not in self.teach.splits:

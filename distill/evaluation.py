@@ -1,10 +1,13 @@
-"""`distill eval`: student vs teacher vs gold on the held-out split, and both models'
-speed and size measured in the same run. Writes report.json and report.md."""
+"""`distill eval`: student vs teacher vs gold on the held-out split, with 95% bootstrap
+intervals and a majority-class baseline, and both models' speed measured in the same run on
+the same device. Writes report.json and report.md."""
 
 from __future__ import annotations
 
-import functools
+import dataclasses
+import itertools
 import json
+import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -13,101 +16,41 @@ from typing import Any
 import numpy as np
 import torch
 
-from distill.batches import encode_classification, encode_documents, pad
+from distill.batches import encode_documents, length_mask, pad, tokenize_classification
 from distill.config import PipelineConfig, TaskConfig
 from distill.data import read_jsonl
 from distill.errors import DistillError
-from distill.manifest import Timer, latency_percentiles, write_manifest
+from distill.manifest import Timer, latency_percentiles, sha256_files, write_manifest
 from distill.prompts import classification_prompt, summary_prompt
-from distill.student import Student, load_student
+from distill.report import markdown
+from distill.stats import bootstrap_indices, classification_metrics, summary_metrics
+from distill.student import WEIGHTS_FILE, Student, load_student
+from distill.teach import output_path, outputs_sha256, task_shots
 
-ROUGE_MODULE = Path(__file__).parent / "metrics" / "rouge"
-
-
-def accuracy(pred: np.ndarray, gold: np.ndarray) -> float:
-    return float((pred == gold).mean()) if len(gold) else float("nan")
-
-
-def macro_f1(pred: np.ndarray, gold: np.ndarray, n_labels: int) -> float:
-    scores = []
-    for c in range(n_labels):
-        tp = np.sum((pred == c) & (gold == c))
-        denom = np.sum(pred == c) + np.sum(gold == c)
-        scores.append(2 * tp / denom if denom else 0.0)
-    return float(np.mean(scores))
+WARMUP_BATCHES = 2
+MIN_P95_SAMPLES = 20
 
 
-def expected_calibration_error(probs: np.ndarray, gold: np.ndarray, bins: int = 10) -> float:
-    """Σ_bins (|bin|/n)·|accuracy − confidence| over equal-width confidence bins."""
-    confidence = probs.max(-1)
-    correct = probs.argmax(-1) == gold
-    edges = np.linspace(0.0, 1.0, bins + 1)
-    ece = 0.0
-    for lo, hi in zip(edges[:-1], edges[1:]):
-        in_bin = (confidence > lo) & (confidence <= hi)
-        if in_bin.any():
-            ece += in_bin.mean() * abs(correct[in_bin].mean() - confidence[in_bin].mean())
-    return float(ece)
-
-
-def mean_kl(teacher: np.ndarray, student: np.ndarray) -> float:
-    """Mean over rows of KL(teacher ‖ student) for (n, labels) distributions."""
-    t = np.clip(teacher, 1e-12, 1.0)
-    s = np.clip(student, 1e-12, 1.0)
-    return float(np.mean(np.sum(t * (np.log(t) - np.log(s)), axis=-1)))
-
-
-def classification_metrics(
-    task: TaskConfig, rows: list[dict[str, Any]], student_probs: np.ndarray
-) -> dict[str, Any]:
-    names = task.label_names
-    teacher_probs = np.array([r["teacher_distribution"] for r in rows])
-    has_gold = np.array([r["label"] is not None for r in rows])
-    gold = np.array([names.index(r["label"]) for r in rows if r["label"] is not None], dtype=int)
-
-    def against_gold(probs: np.ndarray) -> dict[str, float]:
-        probs = probs[has_gold]
-        pred = probs.argmax(-1)
-        return {
-            "accuracy": accuracy(pred, gold),
-            "macro_f1": macro_f1(pred, gold, len(names)),
-            "ece": expected_calibration_error(probs, gold),
-        }
-
-    return {
-        "rows": len(rows),
-        "rows_with_gold": int(has_gold.sum()),
-        "student": against_gold(student_probs),
-        "teacher": against_gold(teacher_probs),
-        "agreement": float((student_probs.argmax(-1) == teacher_probs.argmax(-1)).mean()),
-        "kl_teacher_student": mean_kl(teacher_probs, student_probs),
-    }
-
-
-@functools.cache
-def _rouge_metric() -> Any:
-    import evaluate
-
-    return evaluate.load(str(ROUGE_MODULE))
-
-
-def rouge(predictions: list[str], references: list[str]) -> dict[str, float]:
-    pairs = [(p, r) for p, r in zip(predictions, references) if r]
-    if not pairs:
-        return {}
-    scores = _rouge_metric().compute(predictions=[p for p, _ in pairs], references=[r for _, r in pairs])
-    return {k: round(float(v), 4) for k, v in scores.items()}
+def warn(message: str) -> None:
+    print(f"eval: warning: {message}", file=sys.stderr)
 
 
 @torch.inference_mode()
 def student_probs(
     student: Student, tokenizer: Any, task: str, rows: list[dict[str, Any]], batch: int
 ) -> np.ndarray:
-    ids = encode_classification(rows, tokenizer, student.spec.max_length)
+    """(n, labels) class probabilities, computed on the student's device, from the same inputs
+    training saw (segment ids for sentence pairs, a mask from the lengths)."""
+    encoded = tokenize_classification(rows, tokenizer, student.spec.max_length)
+    ids, segments = encoded["input_ids"], encoded.get("token_type_ids")
+    device = next(student.parameters()).device
     out = []
     for start in range(0, len(ids), batch):
-        x = pad(ids[start : start + batch], tokenizer.pad_token_id)
-        out.append(student.classify(task, x, (x != tokenizer.pad_token_id).long()).float().softmax(-1))
+        chunk = ids[start : start + batch]
+        x = pad(chunk, tokenizer.pad_token_id).to(device)
+        types = pad(segments[start : start + batch], 0).to(device) if segments else None
+        logits = student.classify(task, x, length_mask(chunk).to(device), types)
+        out.append(logits.float().softmax(-1).cpu())
     return torch.cat(out).numpy()
 
 
@@ -115,144 +58,248 @@ def student_summaries(
     student: Student, tokenizer: Any, rows: list[dict[str, Any]], batch: int, max_new: int
 ) -> list[str]:
     ids = encode_documents(rows, tokenizer, student.spec.max_document_length)
+    device = next(student.parameters()).device
     texts: list[str] = []
     for start in range(0, len(ids), batch):
-        x = pad(ids[start : start + batch], tokenizer.pad_token_id)
-        out = student.summarize(x, (x != tokenizer.pad_token_id).long(), max_new)
+        chunk = ids[start : start + batch]
+        x = pad(chunk, tokenizer.pad_token_id).to(device)
+        out = student.summarize(x, length_mask(chunk).to(device), max_new)
         texts += [t.strip() for t in tokenizer.batch_decode(out, skip_special_tokens=True)]
     return texts
 
 
-def time_model(
-    fn: Callable[[Sequence[Any]], Any], items: list[Any], batch: int, latency_items: int
-) -> dict[str, float]:
-    """items/s in batches of ``batch``, and p50/p95 latency over single-item calls."""
-    fn(items[:1])  # warm-up: first-call allocations are not the steady state
-    start = time.perf_counter()
-    for i in range(0, len(items), batch):
-        fn(items[i : i + batch])
-    elapsed = time.perf_counter() - start
-    latencies = []
-    for item in items[:latency_items]:
-        t = time.perf_counter()
-        fn([item])
-        latencies.append((time.perf_counter() - t) * 1000)
-    return {
-        "items": len(items),
-        "items_per_s": round(len(items) / elapsed, 2),
+def time_slice(
+    fn: Callable[[Sequence[Any]], Any],
+    items: list[Any],
+    batch: int,
+    budget_s: float,
+    clock: Callable[[], float] = time.perf_counter,
+) -> dict[str, Any]:
+    """Speed of ``fn`` within ``budget_s`` seconds of ``clock``: up to WARMUP_BATCHES untimed
+    batches (fewer once they have used a quarter of the budget), then batched calls for half of
+    what is left (items/s), then single-item calls (latency). Each phase runs at least once, so a
+    model slower than its slice overruns it by those calls alone. Items cycle, so the budget, not
+    the number of rows, decides how much is measured."""
+    start_at = clock()
+    deadline = start_at + budget_s
+    stream = itertools.cycle(items)
+    warmups = 0
+    # First calls allocate and compile: not the steady state.
+    while warmups < WARMUP_BATCHES and (not warmups or clock() - start_at < budget_s / 4):
+        fn([next(stream) for _ in range(batch)])
+        warmups += 1
+    batched_until = clock() + (deadline - clock()) / 2
+    done, busy = 0, 0.0
+    while not done or clock() < batched_until:
+        chunk = [next(stream) for _ in range(batch)]
+        start = clock()
+        fn(chunk)
+        busy += clock() - start
+        done += len(chunk)
+    latencies: list[float] = []
+    while not latencies or clock() < deadline:
+        start = clock()
+        fn([next(stream)])
+        latencies.append((clock() - start) * 1000)
+    result: dict[str, Any] = {
+        "batch_size": batch,
+        "budget_s": round(budget_s, 3),
+        "warmup_batches": warmups,
+        "batched_items": done,
+        "batched_s": round(busy, 3),
+        "items_per_s": round(done / busy, 2),
+        "latency_samples": len(latencies),
         **latency_percentiles(latencies),
     }
+    if len(latencies) < MIN_P95_SAMPLES:
+        result["latency_p95_ms"] = None
+        result["latency_p95_note"] = (
+            f"{len(latencies)} single-item calls fit the budget; p95 needs at least {MIN_P95_SAMPLES}"
+        )
+    return result
+
+
+def eval_device(choice: str) -> torch.device:
+    if choice == "cuda" and not torch.cuda.is_available():
+        raise DistillError("eval.device: cuda, but no CUDA device is visible")
+    if choice == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(choice)
+
+
+def _timed_calls(
+    cfg: PipelineConfig,
+    task: TaskConfig,
+    rows: list[dict[str, Any]],
+    student: Student,
+    tokenizer: Any,
+    teacher: Any,
+) -> dict[str, tuple[Callable[[Sequence[Any]], Any], list[Any]]]:
+    """Model → (call on a list of items, the items), with the prompts teach really sent."""
+    calls: dict[str, tuple[Callable[[Sequence[Any]], Any], list[Any]]] = {}
+    if task.kind == "classification":
+        calls["student"] = (lambda b: student_probs(student, tokenizer, task.name, list(b), len(b)), rows)
+        if teacher is not None:
+            shots, verbalizers = task_shots(cfg, task), list(task.labels.values())
+            prompts = [classification_prompt(task, r, shots) for r in rows]
+            calls["teacher"] = (lambda b: list(teacher.label_distribution(b, verbalizers)), prompts)
+    else:
+        calls["student"] = (
+            lambda b: student_summaries(student, tokenizer, list(b), len(b), cfg.eval.max_new_tokens),
+            rows,
+        )
+        if teacher is not None:
+            calls["teacher"] = (lambda b: list(teacher.summarize(b)), [summary_prompt(task, r) for r in rows])
+    return calls
 
 
 def measure_speed(
-    cfg: PipelineConfig, student: Student, tokenizer: Any, test: dict[str, list[dict[str, Any]]]
+    cfg: PipelineConfig,
+    test: dict[str, list[dict[str, Any]]],
+    student: Student,
+    tokenizer: Any,
+    device: torch.device,
 ) -> dict[str, Any]:
-    """Both models timed in this run. An API teacher is not timed here (that would be paid for):
-    its request latency and usage come from the teach manifest instead."""
+    """Both models on ``device``, in batches of eval.speed_batch_size, each (model, task) pair for
+    an equal share of eval.speed_budget_s. An API teacher is not timed here (that would be paid
+    for): its request latency and usage come from the teach manifest instead."""
     from distill.teacher import load_teacher
 
-    api = cfg.teach.teacher.backend == "openai"
-    teacher = None if api else load_teacher(cfg.teach.teacher)
     ec = cfg.eval
+    teacher = None
+    if cfg.teach.teacher.backend != "openai":
+        same = dataclasses.replace(cfg.teach.teacher, batch_size=ec.speed_batch_size, device=device.type)
+        teacher = load_teacher(same)
+    pairs = len(cfg.tasks) * (2 if teacher else 1)
     speed: dict[str, Any] = {"student": {}, "teacher": {}}
     for task in cfg.tasks:
-        rows = test[task.name]
-        if task.kind == "classification":
-            rows = rows[: ec.throughput_items]
-            verbalizers = list(task.labels.values())
-            speed["student"][task.name] = time_model(
-                lambda b, t=task.name: student_probs(student, tokenizer, t, list(b), ec.batch_size),
-                rows,
-                ec.batch_size,
-                ec.latency_items,
-            )
-            if api:
-                continue
-            prompts = [classification_prompt(task, r) for r in rows]
-            speed["teacher"][task.name] = time_model(
-                lambda b, v=verbalizers: list(teacher.label_distribution(b, v)),
-                prompts,
-                cfg.teach.teacher.batch_size,
-                ec.latency_items,
-            )
-        else:  # generation is ~50x slower per item: time a smaller sample
-            rows = rows[: max(2, ec.throughput_items // 8)]
-            few = max(2, ec.latency_items // 4)
-            speed["student"][task.name] = time_model(
-                lambda b: student_summaries(student, tokenizer, list(b), ec.batch_size, ec.max_new_tokens),
-                rows,
-                ec.batch_size,
-                few,
-            )
-            if api:
-                continue
-            speed["teacher"][task.name] = time_model(
-                lambda b: list(teacher.summarize(b)),
-                [summary_prompt(task, r) for r in rows],
-                cfg.teach.teacher.batch_size,
-                few,
-            )
+        for who, (fn, items) in _timed_calls(cfg, task, test[task.name], student, tokenizer, teacher).items():
+            timed = time_slice(fn, items, ec.speed_batch_size, ec.speed_budget_s / pairs)
+            speed[who][task.name] = {"device": str(device), **timed}
     speed["teacher_parameters"] = teacher.num_parameters() if teacher else None
     return speed
 
 
-def run(cfg: PipelineConfig) -> dict[str, Any]:
-    from distill.teach import output_path
+def student_provenance(cfg: PipelineConfig, student: Student, student_dir: Path) -> dict[str, Any]:
+    """The loaded weights' hash and the student's training record; refuses a student trained on
+    other teach outputs than the run folder holds now (unless eval.allow_stale_student)."""
+    training = student.spec.training
+    recorded = (training or {}).get("teach_outputs_sha256")
+    try:
+        current = outputs_sha256(cfg, "train")
+    except FileNotFoundError as e:
+        raise DistillError(
+            f"eval: the teach train output {e.filename} is missing; run `distill teach`"
+        ) from None
+    provenance = {
+        "weights_sha256": sha256_files([student_dir / WEIGHTS_FILE]),
+        "training": training,
+        "teach_outputs_sha256_now": current,
+        "stale": recorded is not None and recorded != current,
+    }
+    if recorded is None:
+        warn(
+            f"the student in {student_dir} records no training provenance (an older `distill train`); "
+            "cannot check it was trained on this run's teach outputs"
+        )
+    elif provenance["stale"]:
+        message = (
+            f"the student in {student_dir} was trained on teach outputs sha256 {recorded}, but "
+            f"{cfg.path / 'teach'} now holds train outputs sha256 {current}"
+        )
+        if not cfg.eval.allow_stale_student:
+            raise DistillError(f"{message}; rerun `distill train` or set eval.allow_stale_student: true")
+        warn(message)
+    return provenance
 
-    timer = Timer()
-    student_dir = cfg.path / "train" / "student"
-    with timer.section("load"):
-        student, tokenizer = load_student(student_dir)
-        torch.set_grad_enabled(False)
-        split = cfg.eval.split
-        test = {t.name: read_jsonl(output_path(cfg, t.name, split)) for t in cfg.tasks}
-    report: dict[str, Any] = {"split": split, "tasks": {}}
-    for task in cfg.tasks:
-        rows = test[task.name]
-        if not rows:
-            raise DistillError(f"task {task.name}: the teacher's {split} output is empty")
-        with timer.section(f"quality/{task.name}"):
-            if task.kind == "classification":
-                probs = student_probs(student, tokenizer, task.name, rows, cfg.eval.batch_size)
-                report["tasks"][task.name] = classification_metrics(task, rows, probs)
-            else:
-                predicted = student_summaries(
-                    student, tokenizer, rows, cfg.eval.batch_size, cfg.eval.max_new_tokens
+
+def baseline_warnings(report: dict[str, Any]) -> list[str]:
+    lines = []
+    for name, m in report["tasks"].items():
+        base = m.get("majority_baseline")
+        for who in ("teacher", "student"):
+            if "student" in m and m[who]["at_or_below_majority"]:
+                lines.append(
+                    f"{name}: the {who}'s accuracy {m[who]['accuracy']:.3f} is at or below the "
+                    f"majority-class baseline {base['accuracy']:.3f} (always {base['label']!r})"
                 )
-                teacher_text = [r["teacher_summary"] for r in rows]
-                references = [r["reference"] or "" for r in rows]
-                report["tasks"][task.name] = {
-                    "rows": len(rows),
-                    "student_vs_reference": rouge(predicted, references),
-                    "teacher_vs_reference": rouge(teacher_text, references),
-                    "student_vs_teacher": rouge(predicted, teacher_text),
-                    "examples": [
-                        {"student": p, "teacher": t} for p, t in zip(predicted[:3], teacher_text[:3])
-                    ],
-                }
-    with timer.section("speed"):
-        speed = measure_speed(cfg, student, tokenizer, test)
+    return lines
+
+
+def task_report(
+    cfg: PipelineConfig, task: TaskConfig, rows: list[dict[str, Any]], student: Student, tokenizer: Any
+) -> dict[str, Any]:
+    """One task's quality figures, each with its bootstrap interval over the eval rows."""
+    ec = cfg.eval
+    if not rows:
+        raise DistillError(f"task {task.name}: the teacher's {ec.split} output is empty")
+    resamples = bootstrap_indices(len(rows), ec.bootstrap_resamples, ec.bootstrap_seed)  # (R, n)
+    if task.kind == "classification":
+        probs = student_probs(student, tokenizer, task.name, rows, ec.batch_size)
+        train_rows = read_jsonl(output_path(cfg, task.name, "train"))
+        min_mass = cfg.teach.teacher.min_label_mass
+        return classification_metrics(task, rows, probs, train_rows, resamples, min_mass)
+    predicted = student_summaries(student, tokenizer, rows, ec.batch_size, ec.max_new_tokens)
+    return summary_metrics(rows, predicted, resamples)
+
+
+def models_section(cfg: PipelineConfig, student: Student, student_dir: Path, speed: dict[str, Any]) -> dict:
     student_params = sum(p.numel() for p in student.parameters())
-    report["models"] = {
+    teacher_params = speed["teacher_parameters"]
+    models: dict[str, Any] = {
         "student": {
             "parameters": student_params,
             "disk_mb": round(sum(f.stat().st_size for f in student_dir.iterdir()) / 2**20, 1),
             "speed": speed["student"],
         },
-        "teacher": {"parameters": speed["teacher_parameters"], "speed": speed["teacher"]},
-        "compression": round(speed["teacher_parameters"] / student_params, 2)
-        if speed["teacher_parameters"]
-        else None,
+        "teacher": {"parameters": teacher_params, "speed": speed["teacher"]},
+        "compression": round(teacher_params / student_params, 2) if teacher_params else None,
     }
     teach_manifest = cfg.path / "teach" / "manifest.json"
     if cfg.teach.teacher.backend == "openai" and teach_manifest.is_file():
-        report["models"]["teacher"]["api_usage"] = json.loads(teach_manifest.read_text())["teacher"]["usage"]
-    report["gates"] = check_gates(report, cfg.eval.gates)
+        models["teacher"]["api_usage"] = json.loads(teach_manifest.read_text())["teacher"]["usage"]
+    return models
+
+
+def run(cfg: PipelineConfig) -> dict[str, Any]:
+    timer = Timer()
+    student_dir = cfg.path / "train" / "student"
+    ec = cfg.eval
+    with timer.section("load"):
+        student, tokenizer = load_student(student_dir)
+        provenance = student_provenance(cfg, student, student_dir)
+        device = eval_device(ec.device)
+        student.to(device)
+        torch.set_grad_enabled(False)
+        test = {t.name: read_jsonl(output_path(cfg, t.name, ec.split)) for t in cfg.tasks}
+    report: dict[str, Any] = {
+        "split": ec.split,
+        "student_training": {
+            "hard_labels": (provenance["training"] or {}).get("hard_labels") or "unknown",
+            "stale": provenance["stale"],
+        },
+        "bootstrap": {
+            "resamples": ec.bootstrap_resamples,
+            "seed": ec.bootstrap_seed,
+            "interval": "95% percentile",
+        },
+        "tasks": {},
+    }
+    for task in cfg.tasks:
+        with timer.section(f"quality/{task.name}"):
+            report["tasks"][task.name] = task_report(cfg, task, test[task.name], student, tokenizer)
+    report["warnings"] = baseline_warnings(report)
+    for line in report["warnings"]:
+        warn(line)
+    with timer.section("speed"):
+        speed = measure_speed(cfg, test, student, tokenizer, device)
+    report["models"] = models_section(cfg, student, student_dir, speed)
+    report["gates"] = check_gates(report, ec.gates)
     out = cfg.path / "eval"
     out.mkdir(parents=True, exist_ok=True)
     (out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
     (out / "report.md").write_text(markdown(report))
-    write_manifest(out, "eval", cfg, gates=report["gates"], timings_s=timer.seconds)
+    write_manifest(out, "eval", cfg, timer, gates=report["gates"], student=provenance)
     return report
 
 
@@ -271,68 +318,3 @@ def check_gates(report: dict[str, Any], gates: dict[str, float]) -> dict[str, An
         value = lookup(report, path)
         results[path] = {"value": value, "min": minimum, "passed": bool(value >= minimum)}
     return results
-
-
-def _fmt(value: Any) -> str:
-    return f"{value:.3f}" if isinstance(value, float) else str(value)
-
-
-def markdown(report: dict[str, Any]) -> str:
-    lines = [f"# distill report ({report['split']} split)", ""]
-    cls = {k: v for k, v in report["tasks"].items() if "student" in v}
-    if cls:
-        lines += [
-            "| task | model | accuracy | macro-F1 | ECE | agreement | KL(t‖s) |",
-            "|---|---|---|---|---|---|---|",
-        ]
-        for name, m in cls.items():
-            for who in ("teacher", "student"):
-                extra = (
-                    [_fmt(m["agreement"]), _fmt(m["kl_teacher_student"])] if who == "student" else ["", ""]
-                )
-                row = [name, who, *(_fmt(m[who][k]) for k in ("accuracy", "macro_f1", "ece")), *extra]
-                lines.append("| " + " | ".join(row) + " |")
-        lines.append("")
-    summ = {k: v for k, v in report["tasks"].items() if "student_vs_reference" in v}
-    if summ:
-        lines += ["| task | comparison | ROUGE-1 | ROUGE-2 | ROUGE-L |", "|---|---|---|---|---|"]
-        for name, m in summ.items():
-            for key in ("teacher_vs_reference", "student_vs_reference", "student_vs_teacher"):
-                s = m[key]
-                row = [
-                    name,
-                    key.replace("_", " "),
-                    *(_fmt(s.get(k, float("nan"))) for k in ("rouge1", "rouge2", "rougeL")),
-                ]
-                lines.append("| " + " | ".join(row) + " |")
-        lines.append("")
-    models = report["models"]
-    lines += ["| model | task | items/s | p50 ms | p95 ms | parameters |", "|---|---|---|---|---|---|"]
-    for who in ("teacher", "student"):
-        for task, s in models[who]["speed"].items():
-            row = [
-                who,
-                task,
-                _fmt(s["items_per_s"]),
-                _fmt(s["latency_p50_ms"]),
-                _fmt(s["latency_p95_ms"]),
-                f"{models[who]['parameters'] / 1e6:.1f}M",
-            ]
-            lines.append("| " + " | ".join(row) + " |")
-    if models["compression"]:
-        lines += ["", f"Teacher/student parameter ratio: {models['compression']}×"]
-    usage = models["teacher"].get("api_usage")
-    if usage:
-        cost = f", estimated ${usage['cost_usd']}" if usage.get("cost_usd") is not None else ""
-        lines += [
-            "",
-            f"API teacher (last teach run): {usage['requests']} requests, {usage['retries']} retries, "
-            f"{usage['input_tokens']} tokens in, {usage['output_tokens']} out{cost}; "
-            f"request latency p50 {usage['latency_p50_ms']} ms, p95 {usage['latency_p95_ms']} ms",
-        ]
-    if report["gates"]:
-        lines += ["", "| gate | value | min | passed |", "|---|---|---|---|"]
-        lines += [
-            f"| {k} | {_fmt(g['value'])} | {g['min']} | {g['passed']} |" for k, g in report["gates"].items()
-        ]
-    return "\n".join(lines) + "\n"

@@ -6,6 +6,7 @@ import torch
 import torch.nn.functional as F
 
 IGNORE_INDEX = -100
+"""Label / target id that contributes no loss (rows without a hard label, summary padding)."""
 
 
 def soft_label_kl(
@@ -25,31 +26,48 @@ def soft_label_kl(
     return kl * temperature**2
 
 
-def hard_label_ce(student_logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Cross-entropy against label indices (batch,) for logits (batch, labels)."""
-    return F.cross_entropy(student_logits.float(), labels)
+def hard_label_ce(
+    student_logits: torch.Tensor, labels: torch.Tensor, ignore_index: int = IGNORE_INDEX
+) -> torch.Tensor:
+    """Mean cross-entropy over the rows that have a label, 0 when none has one.
+
+    student_logits: (batch, labels); labels: (batch,) label indices, ``ignore_index`` for rows
+    without one. Sum / count (count clamped to 1) rather than the mean reduction, which is NaN
+    for an all-ignored batch; this also needs no host sync to check for that case.
+    """
+    total = F.cross_entropy(student_logits.float(), labels, ignore_index=ignore_index, reduction="sum")
+    return total / (labels != ignore_index).sum().clamp(min=1)
 
 
 def distillation_loss(
     student_logits: torch.Tensor,
     teacher_probs: torch.Tensor,
-    labels: torch.Tensor,
+    labels: torch.Tensor | None,
     temperature: float,
     soft_weight: float,
 ) -> dict[str, torch.Tensor]:
-    """soft_weight · T²·KL + (1 − soft_weight) · CE; returns the mix and both parts."""
+    """soft_weight · T²·KL + (1 − soft_weight) · CE; returns the mix and its parts.
+
+    ``labels`` None is pure KD (soft_weight must then be 1): no "ce" part.
+    """
     kd = soft_label_kl(student_logits, teacher_probs, temperature)
+    if labels is None:
+        if soft_weight != 1.0:
+            raise ValueError(f"no hard labels but soft_weight {soft_weight} gives CE a weight")
+        return {"loss": kd, "kd": kd}
     ce = hard_label_ce(student_logits, labels)
     return {"loss": soft_weight * kd + (1.0 - soft_weight) * ce, "kd": kd, "ce": ce}
 
 
-def sequence_kd_loss(logits: torch.Tensor, target_ids: torch.Tensor) -> torch.Tensor:
+def sequence_kd_loss(
+    logits: torch.Tensor, target_ids: torch.Tensor, ignore_index: int = IGNORE_INDEX
+) -> torch.Tensor:
     """Token cross-entropy on the teacher's summary (sequence-level KD, Kim & Rush 2016).
 
-    logits: (batch, target_len, vocab); target_ids: (batch, target_len) with IGNORE_INDEX
+    logits: (batch, target_len, vocab); target_ids: (batch, target_len) with ``ignore_index``
     at padding. Mean over real tokens.
     """
-    return F.cross_entropy(logits.float().flatten(0, 1), target_ids.flatten(), ignore_index=IGNORE_INDEX)
+    return F.cross_entropy(logits.float().flatten(0, 1), target_ids.flatten(), ignore_index=ignore_index)
 
 
 def weighted_total(losses: dict[str, torch.Tensor], weights: dict[str, float]) -> torch.Tensor:

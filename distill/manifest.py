@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import platform
+import socket
 import statistics
+import subprocess
 import time
 from contextlib import contextmanager
 from importlib import metadata
@@ -35,11 +38,47 @@ def latency_percentiles(ms: list[float], digits: int = 2) -> dict[str, float | N
     return {"latency_p50_ms": round(statistics.median(ordered), digits), "latency_p95_ms": round(p95, digits)}
 
 
+def sha256_files(paths: list[Path]) -> str:
+    """One sha256 over the files' names and bytes, in the order given."""
+    digest = hashlib.sha256()
+    for path in paths:
+        digest.update(path.name.encode() + b"\0")
+        with path.open("rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                digest.update(chunk)
+    return digest.hexdigest()
+
+
+def git_commit() -> str | None:
+    """The commit of the checkout distill runs from (with '+dirty' for local changes), if any."""
+    root = Path(__file__).resolve().parents[1]
+    try:
+        head = subprocess.run(
+            ["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5
+        )
+        if head.returncode != 0:
+            return None
+        dirty = subprocess.run(
+            ["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
+            capture_output=True,
+            text=True,
+            timeout=5,
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return head.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "")
+
+
+def _now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S%z")
+
+
 class Timer:
-    """Named wall-clock sections, recorded in seconds."""
+    """Named wall-clock sections, recorded in seconds, and when the stage started."""
 
     def __init__(self) -> None:
         self.seconds: dict[str, float] = {}
+        self.started_at = _now()
 
     @contextmanager
     def section(self, name: str):
@@ -50,12 +89,18 @@ class Timer:
             self.seconds[name] = round(self.seconds.get(name, 0.0) + time.perf_counter() - start, 3)
 
 
-def write_manifest(stage_dir: Path, stage: str, cfg: PipelineConfig, **sections: Any) -> Path:
+def write_manifest(stage_dir: Path, stage: str, cfg: PipelineConfig, timer: Timer, **sections: Any) -> Path:
+    """stage_dir/manifest.json: what ran (resolved config, versions, git commit, host), when, how
+    long each section took, and the stage's own sections (inputs with their hashes, counts, ...)."""
     manifest = {
         "stage": stage,
-        "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "started_at": timer.started_at,
+        "finished_at": _now(),
+        "host": socket.gethostname(),
+        "git_commit": git_commit(),
         "config": cfg.to_dict(),
         "versions": versions(),
+        "timings_s": timer.seconds,
         **sections,
     }
     stage_dir.mkdir(parents=True, exist_ok=True)

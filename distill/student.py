@@ -18,6 +18,7 @@ from torch import nn
 from distill.assets import resolve_encoder
 from distill.config import StudentConfig, TaskConfig
 from distill.errors import DistillError
+from distill.losses import IGNORE_INDEX
 
 SPEC_FILE = "student.json"
 WEIGHTS_FILE = "model.safetensors"
@@ -36,6 +37,9 @@ class StudentSpec:
     max_summary_length: int
     dropout: float
     encoder_source: str
+    training: dict[str, Any] | None = None
+    """How train made these weights (hard_labels, soft_weight, kd_temperature,
+    teach_outputs_sha256, cut_summaries, steps); None for a student never trained."""
 
     @property
     def summarization_tasks(self) -> list[str]:
@@ -61,9 +65,18 @@ class Student(nn.Module):
     def encoder(self) -> nn.Module:
         return self.backbone.encoder if self.spec.decoder_config else self.backbone
 
-    def classify(self, task: str, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        """(batch, seq) token ids → (batch, labels) logits, from mean-pooled encoder states."""
-        states = self.encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+    def classify(
+        self,
+        task: str,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        token_type_ids: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """(batch, seq) token ids → (batch, labels) logits, from mean-pooled encoder states.
+
+        token_type_ids (batch, seq): the segment of each token for sentence pairs."""
+        extra = {} if token_type_ids is None else {"token_type_ids": token_type_ids}
+        states = self.encoder(input_ids=input_ids, attention_mask=attention_mask, **extra).last_hidden_state
         mask = attention_mask.unsqueeze(-1).to(states.dtype)  # (batch, seq, 1)
         pooled = (states * mask).sum(1) / mask.sum(1).clamp(min=1.0)  # (batch, hidden)
         return self.heads[task](pooled)
@@ -72,22 +85,22 @@ class Student(nn.Module):
         self, input_ids: torch.Tensor, attention_mask: torch.Tensor, target_ids: torch.Tensor
     ) -> torch.Tensor:
         """Teacher-forced decoder logits (batch, target_len, vocab) for targets (batch, target_len)."""
-        from transformers.models.encoder_decoder.modeling_encoder_decoder import shift_tokens_right
-
         config = self.backbone.config
-        decoder_input_ids = shift_tokens_right(target_ids, config.pad_token_id, config.decoder_start_token_id)
+        decoder_input_ids, decoder_mask = decoder_inputs(
+            target_ids, config.decoder_start_token_id, config.pad_token_id
+        )
         out = self.backbone(
             input_ids=input_ids,
             attention_mask=attention_mask,
             decoder_input_ids=decoder_input_ids,
-            decoder_attention_mask=(decoder_input_ids != config.pad_token_id).long(),
+            decoder_attention_mask=decoder_mask,
         )
         return out.logits
 
     def forward(self, task: str, **batch: torch.Tensor) -> torch.Tensor:
         if self.spec.tasks[task] is None:
             return self.summary_logits(batch["input_ids"], batch["attention_mask"], batch["target_ids"])
-        return self.classify(task, batch["input_ids"], batch["attention_mask"])
+        return self.classify(task, batch["input_ids"], batch["attention_mask"], batch.get("token_type_ids"))
 
     @torch.inference_mode()
     def summarize(
@@ -98,18 +111,51 @@ class Student(nn.Module):
         )
 
 
-def _set_special_tokens(model: Any, tokenizer: Any) -> None:
-    """BERT has no decoder-start/eos: [CLS] starts a summary, [SEP] ends it."""
+def decoder_inputs(target_ids: torch.Tensor, start_id: int, pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Teacher forcing: decoder input = [start] + target[:-1], and its attention mask.
+
+    target_ids: (batch, target_len) with IGNORE_INDEX at padding. The mask comes from the
+    targets, not from ``!= pad_id``, so a tokenizer whose pad id equals a real token (eos)
+    still attends to it. Returns two (batch, target_len) tensors.
+    """
+    real = target_ids != IGNORE_INDEX
+    ids = torch.where(real, target_ids, pad_id)
+    start = torch.full_like(ids[:, :1], start_id)
+    decoder_ids = torch.cat([start, ids[:, :-1]], dim=1)
+    mask = torch.cat([torch.ones_like(real[:, :1]), real[:, :-1]], dim=1)
+    return decoder_ids, mask.long()
+
+
+def decoder_special_tokens(tokenizer: Any, encoder: str) -> tuple[int, int]:
+    """(start, end) ids of a summary: the tokenizer's cls or bos starts it, sep or eos ends it."""
+    start = tokenizer.cls_token_id if tokenizer.cls_token_id is not None else tokenizer.bos_token_id
+    end = tokenizer.sep_token_id if tokenizer.sep_token_id is not None else tokenizer.eos_token_id
+    if start is None or end is None or tokenizer.pad_token_id is None:
+        missing = [
+            name
+            for name, value in (("cls/bos", start), ("sep/eos", end), ("pad", tokenizer.pad_token_id))
+            if value is None
+        ]
+        raise DistillError(
+            f"student.encoder {encoder!r}: its tokenizer has no {' and no '.join(missing)} token, "
+            "which the summary decoder needs to start, end and pad a summary"
+        )
+    return start, end
+
+
+def _set_special_tokens(model: Any, tokenizer: Any, encoder: str) -> None:
+    """The decoder starts a summary with the tokenizer's cls/bos and ends it with sep/eos."""
+    start, end = decoder_special_tokens(tokenizer, encoder)
     ids = {
-        "decoder_start_token_id": tokenizer.cls_token_id,
-        "bos_token_id": tokenizer.cls_token_id,
-        "eos_token_id": tokenizer.sep_token_id,
+        "decoder_start_token_id": start,
+        "bos_token_id": start,
+        "eos_token_id": end,
         "pad_token_id": tokenizer.pad_token_id,
     }
     for target in (model.config, model.generation_config):
         for key, value in ids.items():
             setattr(target, key, value)
-    model.config.decoder.eos_token_id = tokenizer.sep_token_id
+    model.config.decoder.eos_token_id = end
     model.config.decoder.pad_token_id = tokenizer.pad_token_id
 
 
@@ -122,7 +168,7 @@ def build_student(cfg: StudentConfig, tasks: list[TaskConfig]) -> tuple[Student,
         tokenizer = AutoTokenizer.from_pretrained(path)
         if any(t.kind == "summarization" for t in tasks):
             backbone = EncoderDecoderModel.from_encoder_decoder_pretrained(path, path)
-            _set_special_tokens(backbone, tokenizer)
+            _set_special_tokens(backbone, tokenizer, cfg.encoder)
         else:
             backbone = AutoModel.from_pretrained(path)
     except OSError as e:
@@ -154,7 +200,7 @@ def _backbone_from_spec(spec: StudentSpec, tokenizer: Any) -> nn.Module:
         config(spec.encoder_config), config(spec.decoder_config)
     )
     model = EncoderDecoderModel(config=full)
-    _set_special_tokens(model, tokenizer)
+    _set_special_tokens(model, tokenizer, spec.encoder_source)
     return model
 
 

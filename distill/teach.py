@@ -23,7 +23,7 @@ from distill.calibration import CONTENT_FREE_INPUTS, calibrate, fit_temperature,
 from distill.config import PipelineConfig, TaskConfig
 from distill.data import Example, load_split, read_jsonl, source_fingerprint, write_jsonl
 from distill.errors import DistillError
-from distill.manifest import Timer, write_manifest
+from distill.manifest import Timer, sha256_files, write_manifest
 from distill.prompts import classification_prompt, few_shot_examples, summary_prompt, template_version
 from distill.teacher import Answer, CachedTeacher, Teacher, load_teacher
 
@@ -36,6 +36,12 @@ def cache_path(cfg: PipelineConfig) -> Path:
 
 def output_path(cfg: PipelineConfig, task: str, split: str) -> Path:
     return cfg.path / "teach" / task / f"{split}.jsonl"
+
+
+def outputs_sha256(cfg: PipelineConfig, split: str) -> str:
+    """One hash over every task's teach output for ``split``: what a student was trained on
+    (split "train"), recorded by train and checked by eval."""
+    return sha256_files([output_path(cfg, t.name, split) for t in cfg.tasks])
 
 
 def failures_path(cfg: PipelineConfig) -> Path:
@@ -66,8 +72,23 @@ def _ask_splits(
     return answers
 
 
+def task_shots(cfg: PipelineConfig, task: TaskConfig, pool: list[Example] | None = None) -> list[Example]:
+    """The demonstrations teach shows in every classification prompt of ``task`` (from
+    ``teach.few_shot_split``); any stage rebuilds the exact prompts with them."""
+    if task.kind != "classification" or not cfg.teach.few_shot:
+        return []
+    if pool is None:
+        pool = load_split(task, cfg.teach.few_shot_split)
+    return few_shot_examples(task, pool, cfg.teach.few_shot)
+
+
 def _fit_calibration(
-    cached: CachedTeacher, cfg: PipelineConfig, task: TaskConfig, answers: dict[str, list[Answer]], examples
+    cached: CachedTeacher,
+    cfg: PipelineConfig,
+    task: TaskConfig,
+    answers: dict[str, list[Answer]],
+    examples: dict[str, list[Example]],
+    shots: list[Example],
 ) -> dict[str, Any]:
     """The prior and temperature for this task, from raw (uncalibrated) answers."""
     cal = cfg.teach.calibration
@@ -79,8 +100,10 @@ def _fit_calibration(
         ]
         if task.text_pair_field:
             blanks = [{**b, "text_pair": b["text"]} for b in blanks]
+        # The exact prompt real rows get, demonstrations included (Zhao et al. 2021): the prior
+        # being divided out is the one this prompt induces.
         got = cached.label_distribution(
-            [classification_prompt(task, b) for b in blanks],
+            [classification_prompt(task, b, shots) for b in blanks],
             list(task.labels.values()),
             template_version(task),
         )
@@ -142,7 +165,7 @@ def _label_task(
     if cal.prior == "none" and not cal.temperature:
         return answers, None
     examples = {s: data[task.name, s] for s in answers}
-    fitted = _fit_calibration(cached, cfg, task, answers, examples)
+    fitted = _fit_calibration(cached, cfg, task, answers, examples, shots)
     return answers, fitted
 
 
@@ -192,19 +215,13 @@ def run(cfg: PipelineConfig, teacher: Teacher | None = None) -> dict[str, Any]:
     timer = Timer()
     with timer.section("load_data"):
         data = {(t.name, s): load_split(t, s) for t in cfg.tasks for s in _splits(cfg, t)}
-        shots = {
-            t.name: few_shot_examples(
-                t, data.get((t.name, "train")) or load_split(t, "train"), cfg.teach.few_shot
-            )
-            if cfg.teach.few_shot
-            else []
-            for t in cfg.tasks
-            if t.kind == "classification"
-        }
+        shots = {t.name: task_shots(cfg, t, data.get((t.name, cfg.teach.few_shot_split))) for t in cfg.tasks}
+        for task in cfg.tasks:
+            _leave_out_shots(data, task.name, cfg.teach.few_shot_split, shots[task.name])
     with timer.section("load_teacher"):
         teacher = teacher or load_teacher(cfg.teach.teacher, cfg.path / "teach")
     cache = AnswerCache(cache_path(cfg))
-    cached = CachedTeacher(teacher, cache)
+    cached = CachedTeacher(teacher, cache, cfg.teach.teacher.min_label_mass)
     counts: dict[str, dict[str, Any]] = {}
     calibration: dict[str, Any] = {}
     failures: list[dict[str, Any]] = []
@@ -251,16 +268,28 @@ def run(cfg: PipelineConfig, teacher: Teacher | None = None) -> dict[str, Any]:
             "id": teacher.id,
             "parameters": teacher.num_parameters(),
             "decoding": teacher.decoding_params(),
-            "few_shot": {name: [ex["id"] for ex in exs] for name, exs in shots.items()},
+            "few_shot": {
+                "split": cfg.teach.few_shot_split,
+                "ids": {name: [ex["id"] for ex in exs] for name, exs in shots.items() if exs},
+            },
+            "min_label_mass": cfg.teach.teacher.min_label_mass,
             "calibration": calibration,
             "usage": teacher.usage(),
         },
         "cache": {"path": str(cache.path), "hits": cached.hits, "teacher_calls": cached.calls},
         "inputs": {k: {"source": v, "sha256": source_fingerprint(v)} for k, v in sources.items()},
-        "timings_s": timer.seconds,
     }
-    write_manifest(cfg.path / "teach", "teach", cfg, **summary)
+    write_manifest(cfg.path / "teach", "teach", cfg, timer, **summary)
     return summary
+
+
+def _leave_out_shots(
+    data: dict[tuple[str, str], list[Example]], task: str, split: str, shots: list[Example]
+) -> None:
+    """Rows shown as demonstrations leave their split: the teacher saw their gold label."""
+    shown = {ex["id"] for ex in shots}
+    if shown and (task, split) in data:
+        data[task, split] = [ex for ex in data[task, split] if ex["id"] not in shown]
 
 
 def failed_items(cfg: PipelineConfig) -> list[dict[str, Any]]:

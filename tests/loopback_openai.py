@@ -196,7 +196,11 @@ class LoopbackOpenAI:
             choices = [self._choice(0, " ".join(words[:max_tokens]), "length" if cut else "stop")]
             return self._completion_object(body, choices, usage)
         label = judge(prompt)
-        top = TOP[label] if fault != "outside" else [(" banana", 0.7), (" apple", 0.3)]
+        top = TOP[label]
+        if fault == "outside":
+            top = [(" banana", 0.7), (" apple", 0.3)]
+        if fault in ("sliver", "offlabel"):  # an off-label word, with 3% left on the labels
+            top = [(" banana", 0.9), (" apple", 0.07), (" " + label, 0.03)]
         want_logprobs = body.get("logprobs") and self.logprobs and fault != "nologprobs"
         if want_logprobs:
             k = body.get("top_logprobs") or 1
@@ -208,7 +212,7 @@ class LoopbackOpenAI:
             n = body.get("n") or 1
             other = "other" if label == "great" else "great"
             texts = [(label.capitalize() + ".") if i % 10 < 7 else other for i in range(n)]
-            if fault == "outside":
+            if fault in ("outside", "offlabel"):  # offlabel: sampling gives no label either
                 texts = ["banana"] * n
             choices = [self._choice(i, t, "stop") for i, t in enumerate(texts)]
         usage["completion_tokens"] = len(choices)

@@ -248,9 +248,9 @@ def llama_server():
             "-m",
             "llama_cpp.server",
             "--model",
-            str(teacher_gguf()),
+            str(teacher_gguf("qwen2.5-coder-0.5b-instruct")),
             "--model_alias",
-            "smollm2",
+            "qwen",
             "--host",
             "127.0.0.1",
             "--port",
@@ -283,7 +283,7 @@ def llama_server():
 
 @pytest.mark.slow
 def test_llama_cpp_server_teaches_and_the_student_trains_on_it(tmp_path, tiny_encoder, llama_server):
-    path = api_pipeline(tmp_path, tiny_encoder, llama_server, model="smollm2", timeout_s=120, concurrency=1)
+    path = api_pipeline(tmp_path, tiny_encoder, llama_server, model="qwen", timeout_s=120, concurrency=1)
     data = json.loads(json.dumps(load_pipeline(path).to_dict()))
     result = distill_cli(
         "run",
@@ -303,12 +303,15 @@ def test_llama_cpp_server_teaches_and_the_student_trains_on_it(tmp_path, tiny_en
     assert len(rows) == 12 and data["teach"]["teacher"]["backend"] == "openai"
     for r in rows:
         assert sum(r["teacher_distribution"]) == pytest.approx(1.0, abs=1e-6)
-        assert 0 < r["teacher_label_mass"] <= 1 and r["teacher_method"] == "logprobs"
+        assert r["teacher_method"] == "logprobs"
     assert len({tuple(r["teacher_distribution"]) for r in rows}) > 1  # soft, input-dependent labels
+    # Qwen answers these plain reviews with the label words themselves, and mostly rightly.
+    assert sum(r["teacher_label_mass"] for r in rows) / len(rows) > 0.5
+    right = [r["teacher_label"] == judge("Text: " + r["text"]) for r in rows]
+    assert sum(right) >= 9, right
     papers = rows_of(cfg, "papers", "train")
-    assert all(r["teacher_summary"].strip() for r in papers)
+    assert all(len(r["teacher_summary"].split()) >= 3 for r in papers)
     report = json.loads((cfg.path / "eval" / "report.json").read_text())
-    assert report["tasks"]["reviews"]["student"]["accuracy"] >= 0
     assert report["models"]["teacher"]["api_usage"]["requests"] >= 12 + 8 + 4 + 4
 
 

@@ -7,7 +7,7 @@ from distill.calibration import apply_temperature, calibrate, fit_temperature, p
 from distill.config import load_pipeline
 from distill.teach import output_path
 from distill.teach import run as teach
-from tests.conftest import api_pipeline
+from tests.conftest import api_pipeline, make_data
 from tests.loopback_openai import EXPECTED
 
 
@@ -30,12 +30,11 @@ def test_fitted_temperature_undoes_overconfidence():
 
 def test_content_free_prior_and_temperature_are_stored_and_applied(tmp_path, tiny_encoder, server):
     path = api_pipeline(tmp_path, tiny_encoder, server.url)
-    cfg0 = load_pipeline(path)
-    test_file = cfg0.tasks[0].data["test"]
+    dev_file = make_data(tmp_path / "dev", seed=1)["reviews"]["test"]  # fresh rows, not the test split
     cfg = load_pipeline(
         path,
         [
-            f"tasks.reviews.data.validation={test_file}",
+            f"tasks.reviews.data.validation={dev_file}",
             "teach.calibration.prior=content_free",
             "teach.calibration.temperature=true",
         ],

@@ -134,6 +134,9 @@ def test_fp16_on_cpu_is_refused(tmp_path):
             {"splits": ["test"], "calibration": {"prior": "pool_mean"}},
             r"teach\.calibration\.prior: pool_mean needs train",
         ),
+        ({"teacher": {"min_label_mass": 1.0}}, r"teach\.teacher\.min_label_mass: must be within \[0, 1\)"),
+        ({"few_shot": 2}, r"teach\.few_shot_split: task t has no validation split to draw demonstrations"),
+        ({"few_shot_split": "dev"}, r"teach\.few_shot_split: unknown split 'dev'"),
     ],
 )
 def test_api_teacher_and_calibration_settings_are_checked(tmp_path, teach, message):

@@ -61,8 +61,48 @@ def test_sequence_kd_ignores_padding():
     targets = torch.tensor([[2, IGNORE_INDEX, IGNORE_INDEX]])
     expected = -torch.log_softmax(logits[0, 0], -1)[2].item()
     assert sequence_kd_loss(logits, targets).item() == pytest.approx(expected, rel=1e-5)
-    uniform = sequence_kd_loss(torch.zeros(2, 4, 5), torch.tensor([[1, 2, 3, 4], [0, 0, IGNORE_INDEX, 1]]))
-    assert uniform.item() == pytest.approx(math.log(5), rel=1e-5)
+
+
+def test_sequence_kd_passes_its_ignore_index():
+    # Padding with 4, a real vocabulary id: a loss that dropped ignore_index (and so fell back to
+    # PyTorch's -100) would count the two padded positions, which the logits make very unlikely.
+    logits = torch.zeros(1, 3, 5)
+    logits[0, 0, 2] = 10.0
+    padded = torch.tensor([[2, 4, 4]])
+    expected = -torch.log_softmax(logits[0, 0], -1)[2].item()
+    assert sequence_kd_loss(logits, padded, ignore_index=4).item() == pytest.approx(expected, rel=1e-5)
+    assert (
+        sequence_kd_loss(logits, padded, ignore_index=4).item()
+        < 0.01
+        < sequence_kd_loss(logits, padded).item()
+    )
+
+
+def test_hard_label_ce_skips_rows_without_a_label():
+    logits = torch.tensor([[2.0, 0.0], [0.0, 3.0], [1.0, 1.0]])
+    labels = torch.tensor([0, IGNORE_INDEX, 1])
+    by_hand = (-logits[0].log_softmax(-1)[0] - logits[2].log_softmax(-1)[1]) / 2
+    assert hard_label_ce(logits, labels).item() == pytest.approx(by_hand.item(), rel=1e-5)
+    with_sentinel = hard_label_ce(logits, torch.tensor([0, 1, 1]), ignore_index=1)
+    assert with_sentinel.item() == pytest.approx(-logits[0].log_softmax(-1)[0].item(), rel=1e-5)
+
+
+def test_hard_label_ce_is_zero_when_no_row_has_a_label():
+    logits = torch.randn(3, 2, requires_grad=True)
+    ce = hard_label_ce(logits, torch.full((3,), IGNORE_INDEX))
+    assert ce.item() == 0.0  # not NaN, so a batch without gold labels adds nothing
+    ce.backward()
+    assert torch.equal(logits.grad, torch.zeros(3, 2))
+
+
+def test_pure_kd_has_no_ce_part():
+    logits = torch.tensor([[1.0, 0.0]])
+    teacher = torch.tensor([[0.6, 0.4]])
+    parts = distillation_loss(logits, teacher, None, temperature=2.0, soft_weight=1.0)
+    assert set(parts) == {"loss", "kd"}
+    assert parts["loss"].item() == pytest.approx(soft_label_kl(logits, teacher, 2.0).item())
+    with pytest.raises(ValueError, match="soft_weight 0.5"):
+        distillation_loss(logits, teacher, None, temperature=2.0, soft_weight=0.5)
 
 
 def test_weighted_total_uses_task_weights():

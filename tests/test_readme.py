@@ -37,8 +37,8 @@ def test_demo_pipeline_with_the_real_teacher_and_encoder(tmp_path):
         "teach.teacher.max_new_tokens=16",
         "train.epochs=1",
         "eval.max_new_tokens=16",
-        "eval.throughput_items=8",
-        "eval.latency_items=4",
+        "eval.speed_budget_s=8",
+        "eval.speed_batch_size=4",
     ]
     args = [a for item in shrink for a in ("--set", item)]
     proc = distill("run", "pipelines/demo.yaml", *args, cwd=REPO)

@@ -57,8 +57,14 @@ def load_teacher(cfg: TeacherConfig, run_dir: Path | None = None) -> Teacher:
     return LocalTeacher(cfg)
 
 
-def check_answer(kind: str, answer: Any, n_labels: int = 0) -> str | None:
-    """Why ``answer`` may not be cached, or None. Guards the cache against any backend's bug."""
+UNGATED_METHODS = ("score_labels",)
+"""Label methods whose label_mass is no share of an answer (forced-choice scores), so
+``min_label_mass`` does not apply to them."""
+
+
+def check_answer(kind: str, answer: Any, n_labels: int = 0, min_label_mass: float = 0.0) -> str | None:
+    """Why ``answer`` may not be cached, or None. Guards the cache against any backend's bug, and
+    against an answer that mostly was not a label at all (``min_label_mass``)."""
     if not isinstance(answer, dict):
         return f"answer is {type(answer).__name__}, not a mapping"
     if "error" in answer:
@@ -74,6 +80,12 @@ def check_answer(kind: str, answer: Any, n_labels: int = 0) -> str | None:
         or abs(sum(dist) - 1.0) > 1e-4
     ):
         return f"malformed class distribution {dist!r:.200}"
+    mass = answer.get("label_mass", 1.0)
+    if answer.get("method") not in UNGATED_METHODS and mass < min_label_mass:
+        return (
+            f"label mass {mass:.3f} < min_label_mass {min_label_mass}: the teacher mostly answered "
+            "something other than a label"
+        )
     return None
 
 
@@ -81,9 +93,10 @@ class CachedTeacher:
     """Answers from the cache where it can; asks the backend only for misses and commits each
     answer the moment it arrives. Failed items are never cached; they are kept in ``failures``."""
 
-    def __init__(self, teacher: Teacher, cache: AnswerCache):
+    def __init__(self, teacher: Teacher, cache: AnswerCache, min_label_mass: float = 0.0):
         self.teacher = teacher
         self.cache = cache
+        self.min_label_mass = min_label_mass
         self.hits = 0
         self.calls = 0
         self.failures: dict[str, str] = {}
@@ -110,6 +123,8 @@ class CachedTeacher:
     ) -> list[Answer]:
         """Per prompt, the answer, or ``{"error": reason}`` for one the backend failed."""
         found = self.cache.get_many(keys)
+        # A cached answer must pass today's checks too (a raised min_label_mass, a damaged entry).
+        found = {k: a for k, a in found.items() if not check_answer(kind, a, n_labels, self.min_label_mass)}
         hits = sum(k in found for k in keys)
         self.hits += hits
         if progress:
@@ -124,7 +139,7 @@ class CachedTeacher:
         if order:
             for i, answer in ask([todo[k] for k in order]):
                 key = order[i]
-                reason = check_answer(kind, answer, n_labels)
+                reason = check_answer(kind, answer, n_labels, self.min_label_mass)
                 if reason:
                     failed[key] = reason
                     continue

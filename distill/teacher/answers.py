@@ -30,12 +30,34 @@ def normalize_token(token: str) -> str:
 
 
 def match_label(token: str, verbalizers: Sequence[str]) -> int | None:
-    """The one label whose verbalizer starts with this token, or None (no match, or several)."""
+    """The one label whose verbalizer starts with this token, or None (no match, or several).
+
+    This is the single definition of "the teacher answered label L" for every backend: a
+    label's probability is the summed probability of every answer token that spells the
+    start of its verbalizer, in any case, with or without a leading space or punctuation
+    ('great', ' Great', 'Ġgreat', 'gr' all count for the label 'great'). The local teacher
+    sums over its whole vocabulary (``label_token_groups``); an API teacher over the
+    ``top_logprobs`` it was given (``distribution_from_logprobs``).
+    """
     word = normalize_token(token)
     if not word:
         return None
     hits = [i for i, v in enumerate(verbalizers) if normalize_token(v).startswith(word)]
     return hits[0] if len(hits) == 1 else None
+
+
+def label_token_groups(tokens: Sequence[str], verbalizers: Sequence[str]) -> list[list[int]]:
+    """Per label, the indices of ``tokens`` (a vocabulary, id → token string) that count for it
+    under ``match_label``. Raises ValueError naming a label no token can start."""
+    groups: list[list[int]] = [[] for _ in verbalizers]
+    for token_id, token in enumerate(tokens):
+        label = match_label(token or "", verbalizers)
+        if label is not None:
+            groups[label].append(token_id)
+    empty = [v for v, g in zip(verbalizers, groups) if not g]
+    if empty:
+        raise ValueError(f"no vocabulary token starts the verbalizer(s) {empty}")
+    return groups
 
 
 def distribution_from_logprobs(content: list[dict[str, Any]], verbalizers: Sequence[str]) -> dict[str, Any]:

@@ -1,0 +1,242 @@
+"""Metrics over a task's eval rows and predictions, each with its 95% bootstrap interval.
+
+Every interval resamples the eval rows (with replacement) through one index matrix per
+task, so student and teacher figures computed from the same matrix are paired: each
+resample holds the same rows for both.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections import Counter
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+from distill.config import TaskConfig
+
+CI_DIGITS = 4
+ROUGE_TYPES = ("rouge1", "rouge2", "rougeL", "rougeLsum")
+
+
+def accuracy(pred: np.ndarray, gold: np.ndarray) -> float:
+    return float((pred == gold).mean()) if len(gold) else float("nan")
+
+
+def macro_f1(pred: np.ndarray, gold: np.ndarray) -> float:
+    """Mean F1 over the labels present in gold or predictions (as sklearn's average="macro"):
+    a label nobody predicted and no row holds says nothing about the model, so it is left out."""
+    labels = np.union1d(pred, gold)
+    if not len(labels):
+        return float("nan")
+    scores = []
+    for c in labels:
+        tp = np.sum((pred == c) & (gold == c))
+        scores.append(2 * tp / (np.sum(pred == c) + np.sum(gold == c)))  # = 2TP / (2TP + FP + FN)
+    return float(np.mean(scores))
+
+
+def expected_calibration_error(probs: np.ndarray, gold: np.ndarray, bins: int = 10) -> float:
+    """Σ_bins (|bin|/n)·|accuracy − confidence| over equal-width confidence bins (lo, hi].
+
+    probs: (n, labels); gold: (n,) label indices."""
+    if not len(gold):
+        return float("nan")
+    confidence = probs.max(-1)
+    correct = probs.argmax(-1) == gold
+    edges = np.linspace(0.0, 1.0, bins + 1)
+    ece = 0.0
+    for lo, hi in zip(edges[:-1], edges[1:]):
+        in_bin = (confidence > lo) & (confidence <= hi)
+        if in_bin.any():
+            ece += in_bin.mean() * abs(correct[in_bin].mean() - confidence[in_bin].mean())
+    return float(ece)
+
+
+def kl_per_row(teacher: np.ndarray, student: np.ndarray) -> np.ndarray:
+    """KL(teacher ‖ student) of each row of two (n, labels) distributions → (n,)."""
+    t = np.clip(teacher, 1e-12, 1.0)
+    s = np.clip(student, 1e-12, 1.0)
+    return np.sum(t * (np.log(t) - np.log(s)), axis=-1)
+
+
+def bootstrap_indices(n: int, resamples: int, seed: int) -> np.ndarray:
+    """(resamples, n) row indices drawn with replacement; fixed by the seed."""
+    return np.random.default_rng(seed).integers(0, n, size=(resamples, n), dtype=np.int64)
+
+
+def percentile_interval(samples: np.ndarray) -> list[float] | None:
+    """The 2.5th and 97.5th percentiles of a statistic's resampled values (NaNs, from a resample
+    with no usable row, are skipped); None when every resample was NaN."""
+    samples = np.asarray(samples, dtype=float)
+    if np.isnan(samples).all():
+        return None
+    lo, hi = np.nanpercentile(samples, [2.5, 97.5])
+    return [round(float(lo), CI_DIGITS), round(float(hi), CI_DIGITS)]
+
+
+def estimate(
+    name: str, statistic: Callable[[np.ndarray], float], n: int, resamples: np.ndarray
+) -> dict[str, float | list[float] | None]:
+    """``{name: statistic(all rows), name_ci95: [lo, hi]}``; ``statistic`` maps row indices to a value."""
+    value = statistic(np.arange(n))
+    samples = np.array([statistic(idx) for idx in resamples])
+    return {name: round(value, CI_DIGITS), f"{name}_ci95": percentile_interval(samples)}
+
+
+def mean_estimate(
+    name: str, per_row: np.ndarray, resamples: np.ndarray
+) -> dict[str, float | list[float] | None]:
+    """``estimate`` of the mean of a per-row value (NaN rows skipped), vectorised over resamples."""
+    value = float(np.nanmean(per_row)) if not np.isnan(per_row).all() else float("nan")
+    with np.errstate(invalid="ignore"):
+        picked = per_row[resamples]  # (resamples, n)
+        counts = (~np.isnan(picked)).sum(-1)
+        sums = np.nansum(picked, axis=-1)
+        samples = np.where(counts > 0, sums / np.maximum(counts, 1), np.nan)
+    return {name: round(value, CI_DIGITS), f"{name}_ci95": percentile_interval(samples)}
+
+
+def _on_gold(metric: Callable[[np.ndarray], float], gold: np.ndarray) -> Callable[[np.ndarray], float]:
+    """A statistic over row indices that keeps only the rows with a gold label (gold ≥ 0)."""
+    return lambda idx: metric(idx[gold[idx] >= 0])
+
+
+def gold_metrics(probs: np.ndarray, gold: np.ndarray, resamples: np.ndarray) -> dict[str, Any]:
+    """Accuracy, macro-F1 and ECE of (n, labels) ``probs`` against ``gold`` (n,), −1 = no gold."""
+    pred = probs.argmax(-1)
+    n = len(gold)
+    correct = np.where(gold >= 0, pred == gold, np.nan)
+    return {
+        **mean_estimate("accuracy", correct, resamples),
+        **estimate("macro_f1", _on_gold(lambda k: macro_f1(pred[k], gold[k]), gold), n, resamples),
+        **estimate(
+            "ece", _on_gold(lambda k: expected_calibration_error(probs[k], gold[k]), gold), n, resamples
+        ),
+    }
+
+
+def majority_label(task: TaskConfig, train_rows: list[dict[str, Any]]) -> str | None:
+    """The most common gold label of the train split (ties: the first in the task's label order)."""
+    counts = Counter(r["label"] for r in train_rows if r["label"] is not None)
+    if not counts:
+        return None
+    return max(task.label_names, key=lambda name: counts[name])
+
+
+def majority_baseline(
+    task: TaskConfig, train_rows: list[dict[str, Any]], gold: np.ndarray, resamples: np.ndarray
+) -> dict[str, Any] | None:
+    """The constant prediction of the train split's majority label, scored on the eval rows."""
+    label = majority_label(task, train_rows)
+    if label is None:
+        return None
+    with_gold = sum(r["label"] is not None for r in train_rows)
+    share = sum(r["label"] == label for r in train_rows) / with_gold
+    constant = np.full(len(gold), task.label_names.index(label))
+    correct = np.where(gold >= 0, constant == gold, np.nan)
+    return {
+        "label": label,
+        "train_share": round(share, 4),
+        **mean_estimate("accuracy", correct, resamples),
+        **estimate(
+            "macro_f1", _on_gold(lambda k: macro_f1(constant[k], gold[k]), gold), len(gold), resamples
+        ),
+    }
+
+
+def label_mass_summary(rows: list[dict[str, Any]], min_label_mass: float | None) -> dict[str, Any]:
+    """How much of the teacher's next-token mass fell on the verbalizers (low = off-format answers)."""
+    mass = np.array([r["teacher_label_mass"] for r in rows], dtype=float)
+    return {
+        "min": round(float(mass.min()), 4),
+        "p5": round(float(np.percentile(mass, 5)), 4),
+        "p50": round(float(np.median(mass)), 4),
+        "mean": round(float(mass.mean()), 4),
+        "min_label_mass": min_label_mass,
+        "below_min": int((mass < min_label_mass).sum()) if min_label_mass is not None else None,
+    }
+
+
+def classification_metrics(
+    task: TaskConfig,
+    rows: list[dict[str, Any]],
+    student_probs: np.ndarray,
+    train_rows: list[dict[str, Any]],
+    resamples: np.ndarray,
+    min_label_mass: float | None = None,
+) -> dict[str, Any]:
+    """``student_probs``: (n, labels). ``resamples``: (R, n) row indices shared by every figure."""
+    names = task.label_names
+    teacher_probs = np.array([r["teacher_distribution"] for r in rows])  # (n, labels)
+    gold = np.array([names.index(r["label"]) if r["label"] is not None else -1 for r in rows])
+    agree = (student_probs.argmax(-1) == teacher_probs.argmax(-1)).astype(float)
+    # Per row: student right − teacher right (−1, 0, 1); its mean is the accuracy gap, paired.
+    gap = np.where(
+        gold >= 0,
+        (student_probs.argmax(-1) == gold).astype(float) - (teacher_probs.argmax(-1) == gold),
+        np.nan,
+    )
+    report = {
+        "rows": len(rows),
+        "rows_with_gold": int((gold >= 0).sum()),
+        "student": gold_metrics(student_probs, gold, resamples),
+        "teacher": gold_metrics(teacher_probs, gold, resamples),
+        **mean_estimate("agreement", agree, resamples),
+        **mean_estimate("kl_teacher_student", kl_per_row(teacher_probs, student_probs), resamples),
+        **mean_estimate("student_minus_teacher_accuracy", gap, resamples),
+        "majority_baseline": majority_baseline(task, train_rows, gold, resamples),
+        "teacher_label_mass": label_mass_summary(rows, min_label_mass),
+        "teacher_methods": dict(Counter(r["teacher_method"] for r in rows)),
+    }
+    baseline = report["majority_baseline"]
+    for who in ("teacher", "student"):
+        below = bool(baseline and (gold >= 0).any() and report[who]["accuracy"] <= baseline["accuracy"])
+        report[who]["at_or_below_majority"] = below
+    return report
+
+
+@functools.cache
+def _rouge_scorer() -> Any:
+    from rouge_score import rouge_scorer
+
+    # The settings of distill/metrics/rouge (stemming, these four types).
+    return rouge_scorer.RougeScorer(list(ROUGE_TYPES), use_stemmer=True)
+
+
+def rouge_per_row(predictions: list[str], references: list[str]) -> dict[str, np.ndarray]:
+    """ROUGE F-measure of each pair, (n,) per type; NaN where there is no reference."""
+    scores = {t: np.full(len(predictions), np.nan) for t in ROUGE_TYPES}
+    for i, (prediction, reference) in enumerate(zip(predictions, references)):
+        if reference:
+            pair = _rouge_scorer().score(reference, prediction)
+            for t in ROUGE_TYPES:
+                scores[t][i] = pair[t].fmeasure
+    return scores
+
+
+def rouge(predictions: list[str], references: list[str], resamples: np.ndarray) -> dict[str, Any]:
+    """Mean ROUGE over the pairs with a reference, each with its bootstrap interval."""
+    per_row = rouge_per_row(predictions, references)
+    if np.isnan(per_row["rouge1"]).all():
+        return {}
+    out: dict[str, Any] = {}
+    for t in ROUGE_TYPES:
+        out.update(mean_estimate(t, per_row[t], resamples))
+    return out
+
+
+def summary_metrics(
+    rows: list[dict[str, Any]], predicted: list[str], resamples: np.ndarray
+) -> dict[str, Any]:
+    teacher_text = [r["teacher_summary"] for r in rows]
+    references = [r["reference"] or "" for r in rows]
+    return {
+        "rows": len(rows),
+        "student_vs_reference": rouge(predicted, references, resamples),
+        "teacher_vs_reference": rouge(teacher_text, references, resamples),
+        "student_vs_teacher": rouge(predicted, teacher_text, resamples),
+        "teacher_cut_by_length": sum(r["teacher_finish_reason"] == "length" for r in rows),
+        "examples": [{"student": p, "teacher": t} for p, t in zip(predicted[:3], teacher_text[:3])],
+    }
