@@ -285,7 +285,10 @@ class EvalConfig:
     """Items per batched call when timing throughput, for both models."""
     speed_budget_s: float = 30.0
     """Wall-clock budget of the whole speed phase, split evenly over (model, task) pairs;
-    each slice holds 2 warm-up batches, then batched calls, then single-item calls."""
+    each slice holds up to 2 warm-up batches (fewer once they use a quarter of it), then
+    batched calls, then single-item calls. Each phase runs at least once, so a model whose
+    one batch outlasts its slice (a 0.5B teacher generating summaries on CPU) overruns by
+    those calls; report.json records what each pair measured."""
     bootstrap_resamples: int = 1000
     """Resamples of the eval rows behind every metric's 95% percentile interval."""
     bootstrap_seed: int = 0

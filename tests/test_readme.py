@@ -4,8 +4,10 @@ import json
 import os
 import re
 
+import numpy as np
 import pytest
 
+from distill.calibration import calibrate
 from tests.conftest import REPO
 from tests.test_pipeline import distill
 
@@ -28,11 +30,12 @@ def test_readme_opens_with_the_two_commands():
 
 @pytest.mark.slow
 def test_demo_pipeline_with_the_real_teacher_and_encoder(tmp_path):
-    """README command 1's pipeline, shrunk: SmolLM2 teacher, MiniLM student, DeepSpeed."""
+    """README command 1's pipeline, shrunk: Qwen teacher (calibrated on validation), MiniLM
+    student trained on the teacher's labels only, DeepSpeed, the report."""
     shrink = [
         f"run_dir={tmp_path / 'run'}",
         f"teach.cache={tmp_path / 'cache.sqlite'}",
-        "tasks.fine_foods.max_rows={train: 16, test: 8}",
+        "tasks.fine_foods.max_rows={train: 16, validation: 16, test: 8}",
         "tasks.aclsum.max_rows={train: 4, test: 2}",
         "teach.teacher.max_new_tokens=16",
         "train.epochs=1",
@@ -42,17 +45,33 @@ def test_demo_pipeline_with_the_real_teacher_and_encoder(tmp_path):
     ]
     args = [a for item in shrink for a in ("--set", item)]
     proc = distill("run", "pipelines/demo.yaml", *args, cwd=REPO)
-    report = json.loads((tmp_path / "run" / "eval" / "report.json").read_text())
+    run = tmp_path / "run"
+    report = json.loads((run / "eval" / "report.json").read_text())
     food = report["tasks"]["fine_foods"]
-    assert food["rows"] == 8 and 0 <= food["teacher"]["accuracy"] <= 1 and 0 <= food["agreement"] <= 1
-    assert report["models"]["teacher"]["parameters"] > 100e6  # SmolLM2-135M
+    rows = [json.loads(x) for x in (run / "teach" / "fine_foods" / "test.jsonl").read_text().splitlines()]
+    right = [r["teacher_label"] == r["label"] for r in rows]
+    assert food["rows"] == 8 and food["teacher"]["accuracy"] == pytest.approx(sum(right) / 8)
+    gold = [r["label"] for r in rows]
+    assert food["majority_baseline"]["accuracy"] == pytest.approx(gold.count("great") / 8)
+    assert report["models"]["teacher"]["parameters"] > 400e6  # Qwen2.5-0.5B as loaded
     assert 20e6 < report["models"]["student"]["parameters"] < 80e6  # MiniLM encoder + decoder
-    teach = json.loads((tmp_path / "run" / "teach" / "manifest.json").read_text())
-    assert teach["counts"]["fine_foods/train"]["mean_label_mass"] > 0.01  # the verbalizers are what it says
-    assert teach["cache"]["teacher_calls"] == 16 + 8 + 4 + 2
+    teach = json.loads((run / "teach" / "manifest.json").read_text())
+    assert teach["counts"]["fine_foods/train"]["mean_label_mass"] > 0.5  # Qwen answers with the labels
+    # train, test, validation (for the temperature), 3 content-free prompts, then the summaries
+    assert teach["cache"]["teacher_calls"] == 16 + 8 + 16 + 3 + 4 + 2
+    fitted = teach["teacher"]["calibration"]["fine_foods"]
+    assert fitted["prior_source"] == "content_free" and fitted["dev_nll"]["rows"] == 16
+    for row in rows:  # what train and eval read is the calibrated distribution of the raw answer
+        want = calibrate(np.array([row["teacher_distribution_raw"]]), fitted["prior"], fitted["temperature"])
+        assert row["teacher_distribution"] == pytest.approx(want[0].tolist())
+    training = json.loads((run / "train" / "student" / "student.json").read_text())["training"]
+    assert training["hard_labels"] == "teacher"  # gold never enters the demo's training
     summaries = [
         json.loads(x)["teacher_summary"]
-        for x in (tmp_path / "run" / "teach" / "aclsum" / "train.jsonl").read_text().splitlines()
+        for x in (run / "teach" / "aclsum" / "train.jsonl").read_text().splitlines()
     ]
     assert all(len(s.split()) >= 3 for s in summaries)
-    assert "| fine_foods | student |" in proc.stdout
+    assert (
+        "| fine_foods | student |" in proc.stdout
+        and "Student trained with hard labels: teacher" in proc.stdout
+    )

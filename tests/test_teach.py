@@ -4,7 +4,10 @@ as confident labels."""
 
 from __future__ import annotations
 
+import hashlib
 import json
+import socket
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -15,7 +18,7 @@ from distill.data import read_jsonl
 from distill.errors import ConfigError
 from distill.teach import failed_items, output_path
 from distill.teach import run as teach
-from tests.conftest import api_pipeline, make_data
+from tests.conftest import REPO, api_pipeline, make_data
 from tests.loopback_openai import EXPECTED, judge
 
 
@@ -90,6 +93,14 @@ def test_demonstrations_leave_the_split_they_come_from(tmp_path, tiny_encoder, s
     assert len(shown) == 3 and not shown & train_ids
     assert len(train_ids) == 32 - 3
     assert summary["counts"]["reviews/train"]["rows"] == 29
+    # The manifest says where, when and from what: host, commit, times, the data's own hash.
+    manifest = json.loads((cfg.path / "teach" / "manifest.json").read_text())
+    head = subprocess.run(["git", "-C", str(REPO), "rev-parse", "HEAD"], capture_output=True, text=True)
+    assert manifest["git_commit"].split("+")[0] == head.stdout.strip()
+    assert manifest["host"] == socket.gethostname()
+    assert manifest["started_at"] <= manifest["finished_at"]
+    data = Path(cfg.tasks[0].data["train"]).read_bytes()
+    assert manifest["inputs"]["reviews/train"]["sha256"] == hashlib.sha256(data).hexdigest()
 
 
 def test_an_answer_that_is_mostly_not_a_label_goes_to_the_fallback(tmp_path, tiny_encoder, server):
