@@ -63,10 +63,6 @@ def tokenize_classification(
     return out
 
 
-def encode_classification(rows: list[dict[str, Any]], tokenizer: Any, max_length: int) -> list[list[int]]:
-    return tokenize_classification(rows, tokenizer, max_length)["input_ids"]
-
-
 def encode_documents(rows: list[dict[str, Any]], tokenizer: Any, max_length: int) -> list[list[int]]:
     return tokenizer([r["document"] for r in rows], truncation=True, max_length=max_length)["input_ids"]
 
