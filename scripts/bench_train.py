@@ -254,20 +254,13 @@ def hf_deepspeed_config() -> dict[str, Any]:
     return ds
 
 
-def run_hf(cfg: PipelineConfig, clock: StepClock, with_deepspeed: bool) -> dict[str, Any]:
-    from distill import distributed as dist
-
-    dist.prepare_environment()  # the same launcher env distill's DeepSpeed run gets
-    from transformers import Trainer, TrainingArguments
+def trainer_arguments(cfg: PipelineConfig, **loop: Any) -> Any:
+    """TrainingArguments with distill's optimizer, schedule and clipping; ``loop`` sets the rest."""
+    from transformers import TrainingArguments
 
     tc = cfg.train
-    torch.manual_seed(tc.seed)
-    student, tokenizer = build_student(tc.student, cfg.tasks)
-    batches = schedule_batches(cfg, student, tokenizer)
-    args = TrainingArguments(
+    return TrainingArguments(
         output_dir=str(cfg.path / "hf"),
-        max_steps=len(batches),
-        per_device_train_batch_size=1,  # one item = one ready-made micro-batch
         learning_rate=tc.lr,
         weight_decay=tc.weight_decay,
         max_grad_norm=1.0,
@@ -281,6 +274,24 @@ def run_hf(cfg: PipelineConfig, clock: StepClock, with_deepspeed: bool) -> dict[
         dataloader_pin_memory=False,
         disable_tqdm=True,
         seed=tc.seed,
+        **loop,
+    )
+
+
+def run_hf(cfg: PipelineConfig, clock: StepClock, with_deepspeed: bool) -> dict[str, Any]:
+    from distill import distributed as dist
+
+    dist.prepare_environment()  # the same launcher env distill's DeepSpeed run gets
+    from transformers import Trainer
+
+    tc = cfg.train
+    torch.manual_seed(tc.seed)
+    student, tokenizer = build_student(tc.student, cfg.tasks)
+    batches = schedule_batches(cfg, student, tokenizer)
+    args = trainer_arguments(
+        cfg,
+        max_steps=len(batches),
+        per_device_train_batch_size=1,  # one item = one ready-made micro-batch
         accelerator_config={"dispatch_batches": False},
         deepspeed=hf_deepspeed_config() if with_deepspeed else None,
     )
@@ -306,7 +317,7 @@ def run_hf_default(cfg: PipelineConfig, clock: StepClock) -> dict[str, Any]:
     from distill import distributed as dist
 
     dist.prepare_environment()
-    from transformers import Trainer, TrainingArguments
+    from transformers import Trainer
 
     from distill.batches import length_mask, pad
 
@@ -335,23 +346,10 @@ def run_hf_default(cfg: PipelineConfig, clock: StepClock) -> dict[str, Any]:
         seen.append(batch_stats(batch, dims))
         return batch
 
-    args = TrainingArguments(
-        output_dir=str(cfg.path / "hf"),
+    args = trainer_arguments(
+        cfg,
         max_steps=len(dataset) // tc.batch_size,
         per_device_train_batch_size=tc.batch_size,
-        learning_rate=tc.lr,
-        weight_decay=tc.weight_decay,
-        max_grad_norm=1.0,
-        lr_scheduler_type="linear",
-        warmup_steps=1,
-        optim="adamw_torch",
-        logging_strategy="no",
-        save_strategy="no",
-        report_to="none",
-        use_cpu=True,
-        dataloader_pin_memory=False,
-        disable_tqdm=True,
-        seed=tc.seed,
         remove_unused_columns=False,
         deepspeed=hf_deepspeed_config(),
     )
