@@ -95,7 +95,7 @@ def resolve_teacher(name: str) -> str:
     model = AutoModelForCausalLM.from_pretrained(source, gguf_file=gguf_file)
     # The weights are already de-quantised to fp32. save_pretrained refuses GGUF-loaded models, so
     # the config (without the GGUF marker) and the state dict are written directly; save_model
-    # keeps one copy of tied tensors (Qwen ties its embeddings and LM head).
+    # keeps one copy of any tensors the model shares.
     model.config.__dict__.pop("quantization_config", None)
     partial = target.with_name(f"{name}.partial-{os.getpid()}")
     partial.mkdir(parents=True, exist_ok=True)

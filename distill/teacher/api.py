@@ -278,24 +278,16 @@ class APITeacher:
                 # A greedy re-ask would repeat the same off-label answer; only the fallback can help.
                 why = f"label mass {answer['label_mass']:.3f} < min_label_mass {self.cfg.min_label_mass}"
             if self.cfg.no_logprobs == "samples":
+                # The samples' own label mass is checked with every answer (check_answer).
                 try:
-                    sampled = await self._label_by_samples(client, body, verbalizers, tokens)
+                    return await self._label_by_samples(client, body, verbalizers, tokens)
                 except Malformed as e:
                     raise Malformed(f"{why}; then {e}") from None
-                return self._gate(sampled, why)
             if self.cfg.no_logprobs == "score_labels":
                 return await self._label_by_scores(client, prompt, verbalizers, tokens)
             raise ItemFailed(f"{why} (teacher.no_logprobs: fail)")
 
         return await self._retry_malformed(ask)
-
-    def _gate(self, answer: dict[str, Any], why: str) -> dict[str, Any]:
-        """A sampled answer still has to be mostly labels."""
-        if answer["label_mass"] < self.cfg.min_label_mass:
-            raise ItemFailed(
-                f"{why}; then only {answer['label_mass']:.2f} of {self.cfg.samples} samples were labels"
-            )
-        return answer
 
     async def _label_by_samples(
         self, client: Any, body: dict[str, Any], verbalizers: Sequence[str], tokens: float
