@@ -4,22 +4,24 @@ Each task's epoch e is a list of global batches (G = micro-batch × world rows e
 from a seeded permutation of its rows: with length grouping, chunks of ``CHUNK_BATCHES``
 batches are sorted by input length before being cut into batches, and the batch order is
 then shuffled, so a batch holds rows of similar length (little padding) while the order
-stays random. Micro-step s takes batch s mod B_t of epoch s div B_t of every task t
-(B_t batches per epoch) and each rank its own slice. Everything is a function of
-(seed, task, epoch) alone, so a resumed run sees exactly the batches an uninterrupted one would.
+stays random. A task's k-th visit takes batch k mod B_t of its epoch k div B_t (B_t batches
+per epoch), each rank its own slice. With sampling ``all`` every task is visited at every
+micro-step (k = s); otherwise the sampler draws the micro-step's task and counts the visits.
+Everything is a function of (seed, task, epoch) and the sampler's (seed, step) alone, so a
+resumed run sees exactly the batches an uninterrupted one would.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
-from typing import Any, Literal
+from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 
 from distill.errors import DistillError
 from distill.losses import IGNORE_INDEX
-from distill.student import StudentSpec, decoder_special_tokens
+from distill.student import decoder_special_tokens
 
 CHUNK_BATCHES = 50
 """Batches per length-sorted chunk: large enough to find rows of similar length, small enough
@@ -31,15 +33,14 @@ class TaskTensors:
     """Pre-tokenised rows of one task (token-id lists unpadded; per-row targets as tensors)."""
 
     name: str
-    kind: str
     input_ids: list[list[int]]
     token_type_ids: list[list[int]] | None = None
     """Sentence pairs: segment ids (0 first text, 1 second)."""
-    teacher_probs: torch.Tensor | None = None
-    """(rows, labels) teacher distributions."""
-    hard_labels: torch.Tensor | None = None
-    """(rows,) CE targets, IGNORE_INDEX for rows without one; None for pure KD."""
+    row_targets: dict[str, torch.Tensor] = field(default_factory=dict)
+    """Per-row tensors a batch slices by row (first dimension = rows): ``teacher_probs``
+    (rows, labels), ``labels`` (rows,) …"""
     target_ids: list[list[int]] | None = None
+    """Summarization: target token ids per row, unpadded."""
     batch_size: int = 1
     counts: dict[str, int] | None = None
     """Summarization: rows whose teacher summary was cut by the length limit, and how many
@@ -47,24 +48,6 @@ class TaskTensors:
 
     def __len__(self) -> int:
         return len(self.input_ids)
-
-
-def tokenize_classification(
-    rows: list[dict[str, Any]], tokenizer: Any, max_length: int
-) -> dict[str, list[list[int]]]:
-    """input_ids, plus token_type_ids for sentence pairs (the tokenizer puts its separator
-    between the two texts)."""
-    texts = [r["text"] for r in rows]
-    pairs = [r["text_pair"] for r in rows] if rows and rows[0].get("text_pair") is not None else None
-    encoded = tokenizer(texts, pairs, truncation=True, max_length=max_length)
-    out = {"input_ids": encoded["input_ids"]}
-    if pairs is not None and "token_type_ids" in encoded:
-        out["token_type_ids"] = encoded["token_type_ids"]
-    return out
-
-
-def encode_documents(rows: list[dict[str, Any]], tokenizer: Any, max_length: int) -> list[list[int]]:
-    return tokenizer([r["document"] for r in rows], truncation=True, max_length=max_length)["input_ids"]
 
 
 def encode_targets(
@@ -80,77 +63,6 @@ def encode_targets(
         ends = done and len(seq) < max_length
         out.append(seq[: max_length - 1] + [end] if ends else seq[:max_length])
     return out
-
-
-def _summary_tensors(
-    name: str,
-    rows: list[dict[str, Any]],
-    tokenizer: Any,
-    spec: StudentSpec,
-    batch_size: int,
-    cut_summaries: Literal["no_eos", "exclude"],
-) -> TaskTensors:
-    cut = [r["teacher_finish_reason"] == "length" for r in rows]
-    kept = [r for r, c in zip(rows, cut) if not (c and cut_summaries == "exclude")]
-    if not kept:
-        raise DistillError(
-            f"task {name}: every teacher summary was cut by the length limit and "
-            "train.cut_summaries is exclude; raise teach.teacher.max_new_tokens"
-        )
-    finished = [r["teacher_finish_reason"] != "length" for r in kept]
-    return TaskTensors(
-        name,
-        "summarization",
-        encode_documents(kept, tokenizer, spec.max_document_length),
-        target_ids=encode_targets(
-            [r["teacher_summary"] for r in kept],
-            tokenizer,
-            spec.max_summary_length,
-            finished,
-            spec.encoder_source,
-        ),
-        batch_size=batch_size,
-        counts={"cut": sum(cut), "excluded": len(rows) - len(kept)},
-    )
-
-
-def _hard_labels(
-    rows: list[dict[str, Any]], labels: list[str], source: Literal["gold", "teacher", "none"]
-) -> torch.Tensor | None:
-    """(rows,) label indices for CE: gold (IGNORE_INDEX where a row has none), teacher argmax, or None."""
-    if source == "none":
-        return None
-    if source == "gold":
-        return torch.tensor(
-            [labels.index(r["label"]) if r["label"] is not None else IGNORE_INDEX for r in rows]
-        )
-    return torch.tensor([labels.index(r["teacher_label"]) for r in rows])
-
-
-def task_tensors(
-    name: str,
-    kind: str,
-    rows: list[dict[str, Any]],
-    tokenizer: Any,
-    spec: StudentSpec,
-    batch_size: int,
-    hard_labels: Literal["gold", "teacher", "none"] = "teacher",
-    cut_summaries: Literal["no_eos", "exclude"] = "no_eos",
-) -> TaskTensors:
-    if kind == "summarization":
-        return _summary_tensors(name, rows, tokenizer, spec, batch_size, cut_summaries)
-    labels = spec.tasks[name]
-    assert labels is not None
-    encoded = tokenize_classification(rows, tokenizer, spec.max_length)
-    return TaskTensors(
-        name,
-        kind,
-        encoded["input_ids"],
-        token_type_ids=encoded.get("token_type_ids"),
-        teacher_probs=torch.tensor([r["teacher_distribution"] for r in rows]),
-        hard_labels=_hard_labels(rows, labels, hard_labels),
-        batch_size=batch_size,
-    )
 
 
 def pad(seqs: list[list[int]], value: int) -> torch.Tensor:
@@ -174,8 +86,16 @@ def rank_slice(batch: list[int], rank: int, world: int) -> list[int]:
 
 class MultiTaskSchedule:
     def __init__(
-        self, tasks: list[TaskTensors], seed: int, rank: int, world: int, group_by_length: bool = True
+        self,
+        tasks: list[TaskTensors],
+        seed: int,
+        rank: int,
+        world: int,
+        group_by_length: bool = True,
+        sampler: Any = None,
     ):
+        """``sampler`` (a ``distill.sampling.TaskSampler``) picks the tasks of each micro-step and
+        counts each task's visits (its batch cursor); None: every task every step."""
         for task in tasks:
             if len(task) < world:
                 raise DistillError(f"task {task.name}: {len(task)} rows cannot feed {world} processes")
@@ -184,6 +104,7 @@ class MultiTaskSchedule:
         self.rank = rank
         self.world = world
         self.group_by_length = group_by_length
+        self.sampler = sampler
         self._epochs: dict[int, tuple[int, list[list[int]]]] = {}  # task → (epoch, its batches)
 
     def batches_per_epoch(self, task_index: int) -> int:
@@ -224,26 +145,31 @@ class MultiTaskSchedule:
         self._epochs[task_index] = (epoch, batches)
         return batches
 
-    def indices(self, task_index: int, step: int) -> list[int]:
-        """Row indices of one task for this rank at micro-step ``step``."""
-        epoch, b = divmod(step, self.batches_per_epoch(task_index))
+    def indices(self, task_index: int, visit: int) -> list[int]:
+        """Row indices of one task for this rank at the task's ``visit``-th batch."""
+        epoch, b = divmod(visit, self.batches_per_epoch(task_index))
         return rank_slice(self.epoch_batches(task_index, epoch)[b], self.rank, self.world)
 
+    def drawn(self, step: int) -> list[tuple[int, int]]:
+        """(task index, its visit count) for every task micro-step ``step`` draws."""
+        if self.sampler is None:
+            return [(i, step) for i in range(len(self.tasks))]
+        visits = self.sampler.visits(step)
+        return [(i, visits[i]) for i in self.sampler.tasks(step)]
+
     def batch(self, step: int, pad_id: int) -> dict[str, dict[str, torch.Tensor]]:
-        """task name → tensors for this rank at micro-step ``step``."""
+        """task name → tensors for this rank at micro-step ``step`` (the drawn tasks only)."""
         out = {}
-        for i, task in enumerate(self.tasks):
-            idx = self.indices(i, step)
+        for i, visit in self.drawn(step):
+            task = self.tasks[i]
+            idx = self.indices(i, visit)
             seqs = [task.input_ids[j] for j in idx]
             item = {"input_ids": pad(seqs, pad_id), "attention_mask": length_mask(seqs)}
             if task.token_type_ids is not None:
                 item["token_type_ids"] = pad([task.token_type_ids[j] for j in idx], 0)
             if task.target_ids is not None:
                 item["target_ids"] = pad([task.target_ids[j] for j in idx], IGNORE_INDEX)
-            if task.teacher_probs is not None:
-                rows = torch.tensor(idx)
-                item["teacher_probs"] = task.teacher_probs[rows]  # (batch, labels)
-                if task.hard_labels is not None:
-                    item["labels"] = task.hard_labels[rows]  # (batch,)
+            rows = torch.tensor(idx)
+            item.update({key: values[rows] for key, values in task.row_targets.items()})
             out[task.name] = item
         return out

@@ -47,11 +47,12 @@ def _check_resumable(where: Path, client: dict[str, Any], expected: dict[str, An
             )
 
 
-def resume(engine: Any, ckpt_dir: Path, expected: dict[str, Any]) -> int:
-    """Load the latest checkpoint; returns the step to continue from (0 when none)."""
+def resume(engine: Any, ckpt_dir: Path, expected: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+    """Load the latest checkpoint; returns the step to continue from (0 when none) and the
+    checkpoint's client state."""
     if not (ckpt_dir / "latest").is_file():
         dist.print0(f"no checkpoint in {ckpt_dir}; starting from step 0")
-        return 0
+        return 0, {}
     tag = (ckpt_dir / "latest").read_text().strip()
     try:
         path, client = engine.load_checkpoint(str(ckpt_dir), tag=tag)
@@ -63,7 +64,7 @@ def resume(engine: Any, ckpt_dir: Path, expected: dict[str, Any]) -> int:
         raise DistillError(f"checkpoint {ckpt_dir / tag} is incomplete (no model state or step)")
     _check_resumable(ckpt_dir / tag, client, expected)
     dist.print0(f"resumed from {ckpt_dir / tag} at step {client['step']}")
-    return int(client["step"])
+    return int(client["step"]), client
 
 
 def truncate_log(log_path: Path, step: int) -> None:

@@ -178,6 +178,19 @@ def run(
     _exit_on_failed_gates(result)
 
 
+@app.command()
+def ablate(pipeline: Path = PIPELINE, set_: list[str] = SET) -> None:
+    """Train the multi-task student, one student per task, the gold-only / KD-only / KD+gold
+    baselines and the pipeline's ablate.variants over ablate.seeds; write ablation.json/.md."""
+    cfg = _load(pipeline, set_)  # validates, ablate section included, before anything runs
+    _quiet()
+    from distill import ablate as stage
+
+    table = stage.run(pipeline, set_)
+    typer.echo(stage.markdown(table))
+    typer.echo(f"ablate: → {cfg.path / 'ablation'}", err=True)
+
+
 def main() -> None:
     try:
         app()

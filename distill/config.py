@@ -24,17 +24,19 @@ SPLITS = ("train", "validation", "test")
 
 @dataclass
 class TaskConfig:
-    """One task: classification (text → label) or summarization (document → summary)."""
+    """One task; its kind (distill/tasks/) decides which fields it reads."""
 
     name: str
     """Identifier used in outputs, losses and the report."""
-    kind: Literal["classification", "summarization"]
+    kind: str
+    """classification (text → label), sentence_pair (two texts → label) or summarization
+    (document → summary)."""
     data: dict[str, str]
     """Split name → local .jsonl/.json/.csv/.parquet file, or ``hub:NAME[:CONFIG]``."""
     text_field: str = "text"
     """Classification: the input text column."""
     text_pair_field: str | None = None
-    """Classification: optional second text column (sentence pairs)."""
+    """Sentence pairs: the second text column."""
     label_field: str | None = "label"
     """Classification: gold label column; rows may lack it (then the teacher's argmax is the hard label)."""
     labels: dict[str, str] = field(default_factory=dict)
@@ -43,23 +45,27 @@ class TaskConfig:
     """Summarization: the document column."""
     reference_field: str | None = "summary"
     """Summarization: optional reference summary column."""
+    prefix: str | None = None
+    """Summarization: what the student reads before each document, so the decoder the
+    summarization tasks share knows which one it writes for (default "NAME: ")."""
     instruction: str | None = None
     """Overrides the default prompt instruction for this task."""
     max_rows: dict[str, int] = field(default_factory=dict)
     """Split → number of rows to use (the first N); absent means all."""
     max_chars: int = 20000
     """Inputs longer than this are an error rather than a silent truncation."""
+    soft_weight: float | None = None
+    kd_temperature: float | None = None
+    """Per-task overrides of train.soft_weight and train.kd_temperature."""
 
     def __post_init__(self) -> None:
+        from distill.tasks import kind_class
+
         where = f"tasks.{self.name}"
-        if self.kind == "classification":
-            if len(self.labels) < 2:
-                raise ConfigError(f"{where}.labels: a classification task needs at least two labels")
-            for label, verbalizer in self.labels.items():
-                if not str(verbalizer).strip():
-                    raise ConfigError(f"{where}.labels.{label}: empty verbalizer")
-        elif self.labels:
-            raise ConfigError(f"{where}.labels: only classification tasks take labels")
+        try:
+            kind_class(self.kind).check_config(self)
+        except ConfigError as e:
+            raise ConfigError(f"{where}.{e}" if str(e).startswith("kind ") else str(e)) from None
         for split, source in self.data.items():
             if split not in SPLITS:
                 raise ConfigError(
@@ -75,6 +81,10 @@ class TaskConfig:
                 raise ConfigError(f"{where}.max_rows.{split}: no such split in data")
             if n <= 0:
                 raise ConfigError(f"{where}.max_rows.{split}: must be positive")
+        if self.soft_weight is not None and not 0.0 <= self.soft_weight <= 1.0:
+            raise ConfigError(f"{where}.soft_weight: must be within [0, 1]")
+        if self.kd_temperature is not None and self.kd_temperature <= 0:
+            raise ConfigError(f"{where}.kd_temperature: must be > 0")
 
     @property
     def label_names(self) -> list[str]:
@@ -225,6 +235,57 @@ class StudentConfig:
     max_document_length: int = 256
     max_summary_length: int = 64
     dropout: float = 0.1
+    sharing: Literal["hard", "shared_private", "adversarial"] = "hard"
+    """hard: every task reads the shared encoder only; shared_private: plus a one-layer private
+    encoder per task; adversarial: shared_private plus a task discriminator behind gradient
+    reversal and an orthogonality penalty (Liu, Qiu & Huang 2017; distill/sharing.py)."""
+    private_feedforward: int = 512
+    adversarial_weight: float = 0.05
+    """λ_adv: weight of the task discriminator's loss."""
+    orthogonality_weight: float = 0.01
+    """γ: weight of ‖SᵀH‖²_F between shared and private features."""
+
+    def __post_init__(self) -> None:
+        if self.adversarial_weight < 0 or self.orthogonality_weight < 0:
+            raise ConfigError("train.student.adversarial_weight and orthogonality_weight: must be >= 0")
+
+
+WEIGHTING_METHODS = ("static", "uncertainty", "dwa", "rlw", "famo", "gradnorm", "pcgrad")
+GRADIENT_METHODS = ("gradnorm", "pcgrad")
+"""Methods that take per-task gradients of the whole shared encoder (ZeRO-3 partitions it)."""
+ALL_TASK_METHODS = ("dwa", "famo", "gradnorm", "pcgrad")
+"""Methods that need every task's loss at every step (sampling: all): histories of every task's
+loss (dwa, famo, gradnorm), or gradients to project against each other (pcgrad)."""
+
+
+@dataclass
+class WeightingConfig:
+    """How the per-task losses become the one loss the engine backpropagates (distill/weighting.py)."""
+
+    method: Literal["static", "uncertainty", "dwa", "rlw", "famo", "gradnorm", "pcgrad"] = "static"
+    """static: train.task_weights; uncertainty: learned log σ² (Kendall et al. 2018); dwa: loss
+    descent rates (Liu et al. 2019); rlw: random weights (Lin et al. 2022); famo: Liu et al. 2023;
+    gradnorm: equalised gradient norms (Chen et al. 2018); pcgrad: projected conflicting gradients
+    (Yu et al. 2020)."""
+    dwa_window: int = 20
+    """dwa: micro-steps per averaging window (the paper's epoch)."""
+    dwa_temperature: float = 2.0
+    gradnorm_alpha: float = 1.5
+    gradnorm_lr: float = 0.025
+    famo_lr: float = 0.025
+    famo_gamma: float = 0.01
+
+    def options(self) -> dict[str, Any]:
+        """Keyword options of the chosen method."""
+        return {
+            "dwa": {"window": self.dwa_window, "temperature": self.dwa_temperature},
+            "gradnorm": {"alpha": self.gradnorm_alpha, "lr": self.gradnorm_lr},
+            "famo": {"lr": self.famo_lr, "gamma": self.famo_gamma},
+        }.get(self.method, {})
+
+    def __post_init__(self) -> None:
+        if self.dwa_window < 1 or self.dwa_temperature <= 0:
+            raise ConfigError("train.weighting.dwa_window and dwa_temperature: must be positive")
 
 
 @dataclass
@@ -233,6 +294,17 @@ class TrainConfig:
     deepspeed: str = "pipelines/deepspeed/zero0_fp32.json"
     """DeepSpeed JSON: ZeRO stage, precision, clipping. Batch size and optimizer come from here, not it."""
     epochs: int = 2
+    """Passes over the data: with sampling all, enough steps for the largest task to see each of
+    its rows once per epoch; otherwise epochs × the batches of all tasks together."""
+    steps: int | None = None
+    """A step budget (optimizer steps) instead of epochs."""
+    sampling: Literal["all", "proportional", "temperature", "annealed", "uniform"] = "all"
+    """Which tasks a micro-step trains on: all (a batch of every task), or one task drawn with
+    p ∝ n (proportional), n^(1/T) (temperature, T5), n^α with α 1 → 0.2 over training
+    (annealed, Stickland & Murray 2019), or uniformly; n is the task's batches per epoch.
+    Draws are a function of (seed, step)."""
+    sampling_temperature: float = 2.0
+    weighting: WeightingConfig = field(default_factory=WeightingConfig)
     batch_size: int = 16
     """Per-process micro-batch for classification tasks."""
     summary_batch_size: int = 4
@@ -248,6 +320,9 @@ class TrainConfig:
     one get no CE), or none (pure KD; needs soft_weight 1.0)."""
     cut_summaries: Literal["no_eos", "exclude"] = "no_eos"
     """Teacher summaries cut by the length limit: taught without an end token, or dropped."""
+    summary_targets: Literal["teacher", "reference"] = "teacher"
+    """What the decoder learns to write: the teacher's summaries (sequence-level KD) or the gold
+    references (the no-teacher baseline)."""
     gradient_accumulation_steps: int = 1
     """Micro-batches per optimizer step (DeepSpeed's train_batch_size = micro × this × world)."""
     group_by_length: bool = True
@@ -266,6 +341,16 @@ class TrainConfig:
         if self.hard_labels == "none" and self.soft_weight != 1.0:
             raise ConfigError(
                 f"train.hard_labels: none (pure KD) needs train.soft_weight: 1.0, not {self.soft_weight}"
+            )
+        if self.steps is not None and self.steps < 1:
+            raise ConfigError("train.steps: must be >= 1")
+        if self.sampling_temperature <= 0:
+            raise ConfigError("train.sampling_temperature: must be > 0")
+        method = self.weighting.method
+        if method in ALL_TASK_METHODS and self.sampling != "all":
+            raise ConfigError(
+                f"train.weighting.method: {method} needs every task's loss at every step; it needs "
+                f"train.sampling: all, not {self.sampling}"
             )
         positive = ("epochs", "batch_size", "summary_batch_size", "checkpoint_every", "keep_checkpoints")
         for key in (*positive, "gradient_accumulation_steps"):
@@ -310,19 +395,55 @@ class EvalConfig:
 
 
 @dataclass
+class AblateConfig:
+    """`distill ablate`: the systems trained (on the same teach outputs and step budget) and
+    evaluated (on the same test rows) for the MTL-vs-single-task table."""
+
+    seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
+    """Each student system is trained once per seed; the table reports mean ± std."""
+    single_task: bool = True
+    """One single-task student per task, with the pipeline's train settings."""
+    baselines: bool = True
+    """The multi-task student trained on gold only (no teacher), KD only (no gold) and KD+gold."""
+    variants: dict[str, list[str]] = field(default_factory=dict)
+    """Name → --set overrides on top of the pipeline, e.g.
+    ``uncertainty: [train.weighting.method=uncertainty]``."""
+
+    def __post_init__(self) -> None:
+        if len(self.seeds) < 1 or len(set(self.seeds)) != len(self.seeds):
+            raise ConfigError("ablate.seeds: at least one seed, no repeats")
+        for name, overrides in self.variants.items():
+            for item in overrides:
+                if "=" not in item or item.startswith("tasks"):
+                    raise ConfigError(
+                        f"ablate.variants.{name}: {item!r} is not a KEY=VALUE override of train/eval"
+                    )
+
+
+@dataclass
 class PipelineConfig:
     run_dir: str
     tasks: list[TaskConfig]
     teach: TeachConfig = field(default_factory=TeachConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    ablate: AblateConfig = field(default_factory=AblateConfig)
 
     def __post_init__(self) -> None:
+        from distill.tasks import task_for
+
         names = [t.name for t in self.tasks]
         if not names:
             raise ConfigError("tasks: at least one task is needed")
         if len(set(names)) != len(names):
             raise ConfigError(f"tasks: duplicate task names in {names}")
+        method = self.train.weighting.method
+        if method in GRADIENT_METHODS and deepspeed_zero_stage(self.train.deepspeed) == 3:
+            raise ConfigError(
+                f"train.weighting.method: {method} needs per-task gradients of the whole shared "
+                f"encoder, which ZeRO-3 ({self.train.deepspeed}) partitions across processes; use "
+                "ZeRO 0-2, or a loss-based method (static, uncertainty, dwa, rlw, famo)"
+            )
         for name in self.train.task_weights:
             if name not in names:
                 raise ConfigError(f"train.task_weights.{name}: no such task")
@@ -332,30 +453,7 @@ class PipelineConfig:
                     raise ConfigError(f"teach.splits: task {task.name} has no {split} split in data")
             if "train" not in task.data:
                 raise ConfigError(f"tasks.{task.name}.data: a train split is required")
-            cal = self.teach.calibration
-            if task.kind == "classification" and cal.temperature and cal.split not in task.data:
-                raise ConfigError(
-                    f"teach.calibration.split: task {task.name} has no {cal.split} split "
-                    "to fit the temperature on"
-                )
-            scored = task.data.get(self.eval.split)
-            fitted_on = {
-                "teach.calibration.split": cal.split if cal.temperature else None,
-                "teach.few_shot_split": self.teach.few_shot_split if self.teach.few_shot else None,
-            }
-            for key, split in fitted_on.items():
-                same_file = split in task.data and task.data[split] == scored
-                if task.kind == "classification" and split and split != self.eval.split and same_file:
-                    raise ConfigError(
-                        f"{key}: task {task.name} reads {split} from {scored}, the same file "
-                        f"as eval.split {self.eval.split!r}"
-                    )
-            shots_from = self.teach.few_shot_split
-            if task.kind == "classification" and self.teach.few_shot and shots_from not in task.data:
-                raise ConfigError(
-                    f"teach.few_shot_split: task {task.name} has no {shots_from} split to draw "
-                    "demonstrations from"
-                )
+            task_for(task).check_pipeline(self)
             if self.eval.split not in task.data:
                 raise ConfigError(f"eval.split: task {task.name} has no {self.eval.split} split in data")
         # Nothing may be fitted on, or shown from, the rows the report scores.
@@ -384,6 +482,18 @@ class PipelineConfig:
         data = dataclasses.asdict(self)
         data["tasks"] = [dataclasses.asdict(t) for t in self.tasks]
         return data
+
+
+def deepspeed_zero_stage(path: str) -> int | None:
+    """The ZeRO stage a DeepSpeed JSON asks for (None when the file is missing or unreadable:
+    train reports that with the file's name)."""
+    import json
+
+    try:
+        ds = json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        return None
+    return int(ds.get("zero_optimization", {}).get("stage", 0)) if isinstance(ds, dict) else None
 
 
 def _build(cls: Any, value: Any, where: str) -> Any:

@@ -11,7 +11,8 @@ from distill.config import TaskConfig
 from distill.errors import DistillError
 
 Example = dict[str, Any]
-"""Classification: id, text, text_pair, label (gold or None). Summarization: id, document, reference."""
+"""A validated row, shaped by its task kind (distill/tasks/): classification id, text, label
+(gold or None); sentence pairs add text_pair; summarization id, document, reference."""
 
 
 def load_split(task: TaskConfig, split: str) -> list[Example]:
@@ -24,7 +25,10 @@ def load_split(task: TaskConfig, split: str) -> list[Example]:
     if limit is not None:
         rows = rows[:limit]
     where = f"task {task.name}, {source}"
-    return [_example(task, row, i, where) for i, row in enumerate(rows)]
+    from distill.tasks import task_for  # the kind owns its row checks; it imports this module
+
+    kind = task_for(task)
+    return [kind.example(row, i, where) for i, row in enumerate(rows)]
 
 
 def source_fingerprint(source: str) -> str:
@@ -61,7 +65,8 @@ def _read(source: str, split: str, task_name: str) -> list[dict[str, Any]]:
     return list(ds)
 
 
-def _text(row: dict[str, Any], key: str, where: str, index: int, max_chars: int) -> str:
+def text_field(row: dict[str, Any], key: str, where: str, index: int, max_chars: int) -> str:
+    """A row's non-empty text field, at most ``max_chars`` long; an error names the row otherwise."""
     if key not in row:
         raise DistillError(f"{where}: row {index} has no field {key!r} (fields: {', '.join(row)})")
     value = row[key]
@@ -72,31 +77,6 @@ def _text(row: dict[str, Any], key: str, where: str, index: int, max_chars: int)
             f"{where}: row {index} field {key!r} has {len(value)} characters (max_chars {max_chars})"
         )
     return value
-
-
-def _example(task: TaskConfig, row: dict[str, Any], index: int, where: str) -> Example:
-    ex_id = str(row.get("id", index))
-    if task.kind == "summarization":
-        reference = row.get(task.reference_field) if task.reference_field else None
-        return {
-            "id": ex_id,
-            "document": _text(row, task.document_field, where, index, task.max_chars),
-            "reference": reference if isinstance(reference, str) and reference.strip() else None,
-        }
-    label = row.get(task.label_field) if task.label_field else None
-    if label is not None:
-        label = str(label)
-        if label not in task.labels:
-            raise DistillError(
-                f"{where}: row {index} has unknown label {label!r} (labels: {', '.join(task.labels)})"
-            )
-    pair = _text(row, task.text_pair_field, where, index, task.max_chars) if task.text_pair_field else None
-    return {
-        "id": ex_id,
-        "text": _text(row, task.text_field, where, index, task.max_chars),
-        "text_pair": pair,
-        "label": label,
-    }
 
 
 def write_jsonl(path: Path, rows: list[dict[str, Any]]) -> None:

@@ -55,3 +55,20 @@ def print0(*args: object) -> None:
 def barrier() -> None:
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         torch.distributed.barrier()
+
+
+def all_mean(tensor: torch.Tensor) -> torch.Tensor:
+    """The mean of ``tensor`` over ranks (a new, detached tensor), or ``tensor`` itself with one rank.
+
+    Task weighting derives weights from loss values and gradients; averaging them first gives every
+    rank the same weighting state, so ranks never disagree on weights. ReduceOp.AVG is NCCL-only,
+    hence SUM then divide, which gloo (CPU) supports too. Pass float32: gloo has no bf16 sum.
+    """
+    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        return tensor
+    world = torch.distributed.get_world_size()
+    if world == 1:
+        return tensor
+    total = tensor.detach().clone()  # all_reduce works in place
+    torch.distributed.all_reduce(total, op=torch.distributed.ReduceOp.SUM)
+    return total / world

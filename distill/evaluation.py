@@ -13,19 +13,17 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
-from distill.batches import encode_documents, length_mask, pad, tokenize_classification
-from distill.config import PipelineConfig, TaskConfig
+from distill.config import PipelineConfig
 from distill.data import read_jsonl
 from distill.errors import DistillError
 from distill.manifest import Timer, latency_percentiles, sha256_files, write_manifest
-from distill.prompts import classification_prompt, summary_prompt
 from distill.report import markdown
-from distill.stats import bootstrap_indices, classification_metrics, summary_metrics
+from distill.stats import bootstrap_indices
 from distill.student import WEIGHTS_FILE, Student, load_student
-from distill.teach import output_path, outputs_sha256, task_shots
+from distill.tasks import Task, tasks_for
+from distill.teach import output_path, outputs_sha256
 
 WARMUP_BATCHES = 2
 MIN_P95_SAMPLES = 20
@@ -33,39 +31,6 @@ MIN_P95_SAMPLES = 20
 
 def warn(message: str) -> None:
     print(f"eval: warning: {message}", file=sys.stderr)
-
-
-@torch.inference_mode()
-def student_probs(
-    student: Student, tokenizer: Any, task: str, rows: list[dict[str, Any]], batch: int
-) -> np.ndarray:
-    """(n, labels) class probabilities, computed on the student's device, from the same inputs
-    training saw (segment ids for sentence pairs, a mask from the lengths)."""
-    encoded = tokenize_classification(rows, tokenizer, student.spec.max_length)
-    ids, segments = encoded["input_ids"], encoded.get("token_type_ids")
-    device = next(student.parameters()).device
-    out = []
-    for start in range(0, len(ids), batch):
-        chunk = ids[start : start + batch]
-        x = pad(chunk, tokenizer.pad_token_id).to(device)
-        types = pad(segments[start : start + batch], 0).to(device) if segments else None
-        logits = student.classify(task, x, length_mask(chunk).to(device), types)
-        out.append(logits.float().softmax(-1).cpu())
-    return torch.cat(out).numpy()
-
-
-def student_summaries(
-    student: Student, tokenizer: Any, rows: list[dict[str, Any]], batch: int, max_new: int
-) -> list[str]:
-    ids = encode_documents(rows, tokenizer, student.spec.max_document_length)
-    device = next(student.parameters()).device
-    texts: list[str] = []
-    for start in range(0, len(ids), batch):
-        chunk = ids[start : start + batch]
-        x = pad(chunk, tokenizer.pad_token_id).to(device)
-        out = student.summarize(x, length_mask(chunk).to(device), max_new)
-        texts += [t.strip() for t in tokenizer.batch_decode(out, skip_special_tokens=True)]
-    return texts
 
 
 def time_slice(
@@ -127,32 +92,6 @@ def eval_device(choice: str) -> torch.device:
     return torch.device(choice)
 
 
-def _timed_calls(
-    cfg: PipelineConfig,
-    task: TaskConfig,
-    rows: list[dict[str, Any]],
-    student: Student,
-    tokenizer: Any,
-    teacher: Any,
-) -> dict[str, tuple[Callable[[Sequence[Any]], Any], list[Any]]]:
-    """Model → (call on a list of items, the items), with the prompts teach really sent."""
-    calls: dict[str, tuple[Callable[[Sequence[Any]], Any], list[Any]]] = {}
-    if task.kind == "classification":
-        calls["student"] = (lambda b: student_probs(student, tokenizer, task.name, list(b), len(b)), rows)
-        if teacher is not None:
-            shots, verbalizers = task_shots(cfg, task), list(task.labels.values())
-            prompts = [classification_prompt(task, r, shots) for r in rows]
-            calls["teacher"] = (lambda b: list(teacher.label_distribution(b, verbalizers)), prompts)
-    else:
-        calls["student"] = (
-            lambda b: student_summaries(student, tokenizer, list(b), len(b), cfg.eval.max_new_tokens),
-            rows,
-        )
-        if teacher is not None:
-            calls["teacher"] = (lambda b: list(teacher.summarize(b)), [summary_prompt(task, r) for r in rows])
-    return calls
-
-
 def measure_speed(
     cfg: PipelineConfig,
     test: dict[str, list[dict[str, Any]]],
@@ -170,10 +109,10 @@ def measure_speed(
     if cfg.teach.teacher.backend != "openai":
         same = dataclasses.replace(cfg.teach.teacher, batch_size=ec.speed_batch_size, device=device.type)
         teacher = load_teacher(same)
-    pairs = len(cfg.tasks) * (2 if teacher else 1)
+    pairs = len(cfg.tasks) * (2 if teacher else 1)  # (model, task) pairs sharing the budget
     speed: dict[str, Any] = {"student": {}, "teacher": {}}
-    for task in cfg.tasks:
-        for who, (fn, items) in _timed_calls(cfg, task, test[task.name], student, tokenizer, teacher).items():
+    for task in tasks_for(cfg):
+        for who, (fn, items) in task.timed_calls(cfg, test[task.name], student, tokenizer, teacher).items():
             timed = time_slice(fn, items, ec.speed_batch_size, ec.speed_budget_s / pairs)
             speed[who][task.name] = {"device": str(device), **timed}
     speed["teacher_parameters"] = teacher.num_parameters() if teacher else None
@@ -227,20 +166,14 @@ def baseline_warnings(report: dict[str, Any]) -> list[str]:
 
 
 def task_report(
-    cfg: PipelineConfig, task: TaskConfig, rows: list[dict[str, Any]], student: Student, tokenizer: Any
-) -> dict[str, Any]:
+    cfg: PipelineConfig, task: Task, rows: list[dict[str, Any]], student: Student, tokenizer: Any
+) -> dict:
     """One task's quality figures, each with its bootstrap interval over the eval rows."""
     ec = cfg.eval
     if not rows:
         raise DistillError(f"task {task.name}: the teacher's {ec.split} output is empty")
     resamples = bootstrap_indices(len(rows), ec.bootstrap_resamples, ec.bootstrap_seed)  # (R, n)
-    if task.kind == "classification":
-        probs = student_probs(student, tokenizer, task.name, rows, ec.batch_size)
-        train_rows = read_jsonl(output_path(cfg, task.name, "train"))
-        min_mass = cfg.teach.teacher.min_label_mass
-        return classification_metrics(task, rows, probs, train_rows, resamples, min_mass)
-    predicted = student_summaries(student, tokenizer, rows, ec.batch_size, ec.max_new_tokens)
-    return summary_metrics(rows, predicted, resamples)
+    return task.evaluate(cfg, rows, student, tokenizer, resamples)
 
 
 def models_section(cfg: PipelineConfig, student: Student, student_dir: Path, speed: dict[str, Any]) -> dict:
@@ -285,7 +218,7 @@ def run(cfg: PipelineConfig) -> dict[str, Any]:
         },
         "tasks": {},
     }
-    for task in cfg.tasks:
+    for task in tasks_for(cfg):
         with timer.section(f"quality/{task.name}"):
             report["tasks"][task.name] = task_report(cfg, task, test[task.name], student, tokenizer)
     report["warnings"] = baseline_warnings(report)

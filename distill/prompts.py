@@ -4,6 +4,7 @@ template (or its version) never serves answers written for the old one."""
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from distill.config import TaskConfig
@@ -40,22 +41,26 @@ def template_version(task: TaskConfig) -> str:
     return f"{PROMPT_VERSION}-{hashlib.sha256('|'.join(parts).encode()).hexdigest()[:12]}"
 
 
-def _body(example: Example) -> str:
-    if example.get("text_pair") is not None:
-        return f"Text A: {example['text']}\nText B: {example['text_pair']}"
+def text_body(example: Example) -> str:
     return f"Text: {example['text']}"
 
 
-def classification_prompt(task: TaskConfig, example: Example, shots: list[Example] = ()) -> Prompt:
-    """Instruction, optional labeled shots, the example, then 'Answer:' for the label word."""
+def classification_prompt(
+    task: TaskConfig,
+    example: Example,
+    shots: Sequence[Example] = (),
+    body: Callable[[Example], str] = text_body,
+) -> Prompt:
+    """Instruction, optional labeled shots, the example, then 'Answer:' for the label word.
+    ``body`` shows an example's input (the task kind decides: one text, a pair …)."""
     choices = ", ".join(task.labels.values())
     instruction = (task.instruction or CLASSIFY_INSTRUCTION).format(choices=choices)
     blocks = [instruction]
     for shot in shots:
-        blocks.append(f"{_body(shot)}\n{ANSWER_PREFIX} {task.labels[shot['label']]}")
+        blocks.append(f"{body(shot)}\n{ANSWER_PREFIX} {task.labels[shot['label']]}")
     return Prompt(
         head="\n\n".join(blocks) + "\n\n",
-        body=_body(example),
+        body=body(example),
         tail=f"\n\nAnswer with one word: {choices}.",
         assistant_prefix=ANSWER_PREFIX,
     )

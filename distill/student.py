@@ -1,5 +1,6 @@
 """The student: one shared pretrained encoder, a head per classification task, and a
-summarization decoder that cross-attends to the same encoder.
+summarization decoder that cross-attends to the same encoder; with shared-private or
+adversarial sharing, a small private encoder per task beside it (distill/sharing.py).
 
 A saved student is a self-contained folder (student.json, model.safetensors, tokenizer
 files) that ``load_student`` rebuilds with nothing else: no hub, no original encoder.
@@ -16,9 +17,16 @@ import torch
 from torch import nn
 
 from distill.assets import resolve_encoder
-from distill.config import StudentConfig, TaskConfig
+from distill.config import StudentConfig
 from distill.errors import DistillError
 from distill.losses import IGNORE_INDEX
+from distill.sharing import (
+    PrivateEncoder,
+    adversarial_task_loss,
+    gradient_reversal,
+    mean_pool,
+    orthogonality_penalty,
+)
 
 SPEC_FILE = "student.json"
 WEIGHTS_FILE = "model.safetensors"
@@ -28,8 +36,9 @@ WEIGHTS_FILE = "model.safetensors"
 class StudentSpec:
     """Everything needed to rebuild the architecture; saved beside the weights."""
 
-    tasks: dict[str, list[str] | None]
-    """Task name → label names (classification) or None (summarization)."""
+    tasks: dict[str, dict[str, Any]]
+    """Task name → {"kind", "labels" (label names, None for a task that writes text),
+    "prefix" (what the student reads before a document, None for label tasks)}."""
     encoder_config: dict[str, Any]
     decoder_config: dict[str, Any] | None
     max_length: int
@@ -37,33 +46,110 @@ class StudentSpec:
     max_summary_length: int
     dropout: float
     encoder_source: str
+    sharing: str = "hard"
+    """hard | shared_private | adversarial (distill/sharing.py)."""
+    private_feedforward: int = 512
+    """Width of each private encoder's feed-forward layer."""
+    adversarial_weight: float = 0.05
+    orthogonality_weight: float = 0.01
+    """λ_adv and γ of the adversarial sharing losses (Liu, Qiu & Huang 2017)."""
     training: dict[str, Any] | None = None
     """How train made these weights (hard_labels, soft_weight, kd_temperature,
-    teach_outputs_sha256, cut_summaries, steps); None for a student never trained."""
+    teach_outputs_sha256, cut_summaries, steps, sampling, weighting); None for a student never
+    trained."""
 
     @property
     def summarization_tasks(self) -> list[str]:
-        return [name for name, labels in self.tasks.items() if labels is None]
+        return [name for name, entry in self.tasks.items() if entry["labels"] is None]
+
+    @property
+    def private(self) -> bool:
+        return self.sharing in ("shared_private", "adversarial")
 
 
 class Student(nn.Module):
+    """forward(task, **batch) → {"logits": …} plus, under adversarial sharing, the auxiliary
+    losses "adversarial" and "orthogonality" (already weighted by λ_adv and γ)."""
+
     def __init__(self, spec: StudentSpec, backbone: nn.Module):
         super().__init__()
         self.spec = spec
         # An EncoderDecoderModel when there is a summarization task, else a bare encoder.
         self.backbone = backbone
-        hidden = self.encoder.config.hidden_size
+        config = self.encoder.config
+        hidden = config.hidden_size
+        width = 2 * hidden if spec.private else hidden  # a head reads [shared; private]
         self.heads = nn.ModuleDict(
             {
-                name: nn.Sequential(nn.Dropout(spec.dropout), nn.Linear(hidden, len(labels)))
-                for name, labels in spec.tasks.items()
-                if labels is not None
+                name: nn.Sequential(nn.Dropout(spec.dropout), nn.Linear(width, len(entry["labels"])))
+                for name, entry in spec.tasks.items()
+                if entry["labels"] is not None
             }
         )
+        if spec.private:
+            heads = config.num_attention_heads
+            self.private = nn.ModuleDict(
+                {
+                    name: PrivateEncoder(hidden, heads, spec.private_feedforward, spec.dropout)
+                    for name in spec.tasks
+                }
+            )
+        if spec.sharing == "adversarial":
+            self.discriminator = nn.Linear(hidden, len(spec.tasks))
+        self._task_index = {name: i for i, name in enumerate(spec.tasks)}
 
     @property
     def encoder(self) -> nn.Module:
         return self.backbone.encoder if self.spec.decoder_config else self.backbone
+
+    def shared_parameters(self) -> list[nn.Parameter]:
+        """Parameters every task reaches: the shared encoder's."""
+        return [p for p in self.encoder.parameters() if p.requires_grad]
+
+    def last_shared_parameters(self) -> list[nn.Parameter]:
+        """The shared encoder's last layer (GradNorm's W); all shared parameters if it has no
+        numbered layers."""
+        last = getattr(self.encoder.config, "num_hidden_layers", 0) - 1
+        named = [(n, p) for n, p in self.encoder.named_parameters() if p.requires_grad]
+        chosen = [p for n, p in named if f"layer.{last}." in n]
+        return chosen or [p for _, p in named]
+
+    def _features(
+        self,
+        task: str,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        token_type_ids: torch.Tensor | None,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Shared states and (sharing permitting) this task's private states, (batch, seq, hidden)."""
+        extra = {} if token_type_ids is None else {"token_type_ids": token_type_ids}
+        shared = self.encoder(input_ids=input_ids, attention_mask=attention_mask, **extra).last_hidden_state
+        if not self.spec.private:
+            return shared, None
+        embedded = self.encoder.embeddings(input_ids=input_ids, **extra)
+        return shared, self.private[task](embedded, attention_mask)
+
+    def _aux_losses(
+        self, task: str, shared: torch.Tensor, private: torch.Tensor | None, mask: torch.Tensor
+    ) -> dict[str, torch.Tensor]:
+        if self.spec.sharing != "adversarial":
+            return {}
+        assert private is not None
+        pooled_shared, pooled_private = mean_pool(shared, mask), mean_pool(private, mask)
+        judged = self.discriminator(gradient_reversal(pooled_shared))  # (batch, tasks)
+        return {
+            "adversarial": self.spec.adversarial_weight
+            * adversarial_task_loss(judged, self._task_index[task]),
+            "orthogonality": self.spec.orthogonality_weight
+            * orthogonality_penalty(pooled_shared, pooled_private),
+        }
+
+    def _classify(self, task, input_ids, attention_mask, token_type_ids) -> dict[str, torch.Tensor]:
+        shared, private = self._features(task, input_ids, attention_mask, token_type_ids)
+        pooled = mean_pool(shared, attention_mask)  # (batch, hidden)
+        if private is not None:
+            pooled = torch.cat([pooled, mean_pool(private, attention_mask)], dim=-1)
+        return {"logits": self.heads[task](pooled), **self._aux_losses(task, shared, private, attention_mask)}
 
     def classify(
         self,
@@ -75,39 +161,51 @@ class Student(nn.Module):
         """(batch, seq) token ids → (batch, labels) logits, from mean-pooled encoder states.
 
         token_type_ids (batch, seq): the segment of each token for sentence pairs."""
-        extra = {} if token_type_ids is None else {"token_type_ids": token_type_ids}
-        states = self.encoder(input_ids=input_ids, attention_mask=attention_mask, **extra).last_hidden_state
-        mask = attention_mask.unsqueeze(-1).to(states.dtype)  # (batch, seq, 1)
-        pooled = (states * mask).sum(1) / mask.sum(1).clamp(min=1.0)  # (batch, hidden)
-        return self.heads[task](pooled)
+        return self._classify(task, input_ids, attention_mask, token_type_ids)["logits"]
 
-    def summary_logits(
-        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, target_ids: torch.Tensor
-    ) -> torch.Tensor:
-        """Teacher-forced decoder logits (batch, target_len, vocab) for targets (batch, target_len)."""
+    def _encoder_outputs(self, task: str, input_ids: torch.Tensor, attention_mask: torch.Tensor):
+        """What the decoder cross-attends to: shared (+ private) states, and them apart."""
+        from transformers.modeling_outputs import BaseModelOutput
+
+        shared, private = self._features(task, input_ids, attention_mask, None)
+        states = shared if private is None else shared + private
+        return BaseModelOutput(last_hidden_state=states), shared, private
+
+    def _summary(self, task, input_ids, attention_mask, target_ids) -> dict[str, torch.Tensor]:
         config = self.backbone.config
         decoder_input_ids, decoder_mask = decoder_inputs(
             target_ids, config.decoder_start_token_id, config.pad_token_id
         )
+        encoded, shared, private = self._encoder_outputs(task, input_ids, attention_mask)
         out = self.backbone(
-            input_ids=input_ids,
+            encoder_outputs=encoded,
             attention_mask=attention_mask,
             decoder_input_ids=decoder_input_ids,
             decoder_attention_mask=decoder_mask,
         )
-        return out.logits
+        return {"logits": out.logits, **self._aux_losses(task, shared, private, attention_mask)}
 
-    def forward(self, task: str, **batch: torch.Tensor) -> torch.Tensor:
-        if self.spec.tasks[task] is None:
-            return self.summary_logits(batch["input_ids"], batch["attention_mask"], batch["target_ids"])
-        return self.classify(task, batch["input_ids"], batch["attention_mask"], batch.get("token_type_ids"))
+    def summary_logits(
+        self, task: str, input_ids: torch.Tensor, attention_mask: torch.Tensor, target_ids: torch.Tensor
+    ) -> torch.Tensor:
+        """Teacher-forced decoder logits (batch, target_len, vocab) for targets (batch, target_len)."""
+        return self._summary(task, input_ids, attention_mask, target_ids)["logits"]
+
+    def forward(self, task: str, **batch: torch.Tensor) -> dict[str, torch.Tensor]:
+        if self.spec.tasks[task]["labels"] is None:
+            return self._summary(task, batch["input_ids"], batch["attention_mask"], batch["target_ids"])
+        return self._classify(task, batch["input_ids"], batch["attention_mask"], batch.get("token_type_ids"))
 
     @torch.inference_mode()
     def summarize(
-        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, max_new_tokens: int
+        self, task: str, input_ids: torch.Tensor, attention_mask: torch.Tensor, max_new_tokens: int
     ) -> torch.Tensor:
+        encoded, _, _ = self._encoder_outputs(task, input_ids, attention_mask)
         return self.backbone.generate(
-            input_ids=input_ids, attention_mask=attention_mask, max_new_tokens=max_new_tokens, num_beams=1
+            encoder_outputs=encoded,
+            attention_mask=attention_mask,
+            max_new_tokens=max_new_tokens,
+            num_beams=1,
         )
 
 
@@ -159,14 +257,14 @@ def _set_special_tokens(model: Any, tokenizer: Any, encoder: str) -> None:
     model.config.decoder.pad_token_id = tokenizer.pad_token_id
 
 
-def build_student(cfg: StudentConfig, tasks: list[TaskConfig]) -> tuple[Student, Any]:
+def build_student(cfg: StudentConfig, tasks: list[Any]) -> tuple[Student, Any]:
     """A fresh student warm-started from the pretrained encoder (decoder included)."""
     from transformers import AutoModel, AutoTokenizer, EncoderDecoderModel
 
     path = resolve_encoder(cfg.encoder)
     try:
         tokenizer = AutoTokenizer.from_pretrained(path)
-        if any(t.kind == "summarization" for t in tasks):
+        if any(t.generates_text for t in tasks):
             backbone = EncoderDecoderModel.from_encoder_decoder_pretrained(path, path)
             _set_special_tokens(backbone, tokenizer, cfg.encoder)
         else:
@@ -175,7 +273,7 @@ def build_student(cfg: StudentConfig, tasks: list[TaskConfig]) -> tuple[Student,
         raise DistillError(f"student.encoder {cfg.encoder!r}: cannot load ({e})") from None
     has_decoder = hasattr(backbone, "decoder")
     spec = StudentSpec(
-        tasks={t.name: (t.label_names if t.kind == "classification" else None) for t in tasks},
+        tasks={t.name: t.student_entry() for t in tasks},
         encoder_config=(backbone.config.encoder if has_decoder else backbone.config).to_dict(),
         decoder_config=backbone.config.decoder.to_dict() if has_decoder else None,
         max_length=cfg.max_length,
@@ -183,6 +281,10 @@ def build_student(cfg: StudentConfig, tasks: list[TaskConfig]) -> tuple[Student,
         max_summary_length=cfg.max_summary_length,
         dropout=cfg.dropout,
         encoder_source=cfg.encoder,
+        sharing=cfg.sharing,
+        private_feedforward=cfg.private_feedforward,
+        adversarial_weight=cfg.adversarial_weight,
+        orthogonality_weight=cfg.orthogonality_weight,
     )
     return Student(spec, backbone), tokenizer
 
@@ -227,7 +329,13 @@ def load_student(folder: str | Path) -> tuple[Student, Any]:
     if not (folder / SPEC_FILE).is_file() or not (folder / WEIGHTS_FILE).is_file():
         raise DistillError(f"{folder}: not a student folder (needs {SPEC_FILE} and {WEIGHTS_FILE})")
     try:
-        spec = StudentSpec(**json.loads((folder / SPEC_FILE).read_text()))
+        data = json.loads((folder / SPEC_FILE).read_text())
+        if any(not isinstance(entry, dict) for entry in data.get("tasks", {}).values()):
+            raise DistillError(
+                f"{folder}: written by an older distill (tasks as label lists, before task kinds); "
+                "retrain it with `distill train`"
+            )
+        spec = StudentSpec(**data)
         tokenizer = AutoTokenizer.from_pretrained(folder)
         model = Student(spec, _backbone_from_spec(spec, tokenizer))
         load_model(model, str(folder / WEIGHTS_FILE))

@@ -17,6 +17,8 @@ import json
 import math
 import os
 import shutil
+from collections import UserDict
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -24,13 +26,17 @@ import torch
 
 from distill import checkpoint
 from distill import distributed as dist
-from distill.batches import MultiTaskSchedule, TaskTensors, task_tensors
+from distill.batches import MultiTaskSchedule, TaskTensors
 from distill.config import PipelineConfig, TrainConfig
 from distill.data import read_jsonl
 from distill.errors import ConfigError, DistillError
-from distill.losses import IGNORE_INDEX, distillation_loss, sequence_kd_loss, weighted_total
+from distill.losses import IGNORE_INDEX
 from distill.manifest import Timer, write_manifest
-from distill.student import build_student, save_student
+from distill.sampling import TaskSampler, steps_for_epochs
+from distill.sharing import AUX_LOSSES
+from distill.student import Student, build_student, save_student
+from distill.tasks import Task, tasks_for
+from distill.weighting import SharedParameters, Weighting, build_weighting
 
 EXIT_AFTER_STEP_ENV = "DISTILL_TEST_EXIT_AFTER_STEP"
 """Test hook: the process dies (os._exit, no cleanup, like a kill) right after logging this step."""
@@ -73,25 +79,62 @@ def zero_stage(ds: dict[str, Any]) -> int:
     return int(ds.get("zero_optimization", {}).get("stage", 0))
 
 
+class TaskOutputs(UserDict):
+    """A task's forward outputs in a mapping DeepSpeed's engine does not look into (it is no
+    dict, tuple or tensor), so the engine hooks no backward prologue onto them: gradient
+    methods may take per-task gradients through them with ``torch.autograd.grad``. The engine
+    hooks the combined loss instead (``TrainModule.forward`` with ``losses``)."""
+
+
+class TrainModule(torch.nn.Module):
+    """What the DeepSpeed engine wraps: the student, plus the weighting method, so one optimizer
+    trains the method's own parameters (uncertainty's log σ²) and checkpoints hold them, and
+    ZeRO-3 gathers them. Only the student is exported.
+
+    Two calls through the engine make one micro-step: ``engine(task, **batch)`` per task (the
+    student's outputs), then ``engine(losses=…, aux=…, step=…)``, which runs the weighting
+    method *inside* the engine's forward and returns the loss ``engine.backward`` takes. The
+    engine's backward prologue (ZeRO's reduction bookkeeping) is hooked onto that loss alone,
+    so it runs once, at ``engine.backward``, and never during a method's per-task gradients."""
+
+    def __init__(self, student: Student, weighting: Weighting):
+        super().__init__()
+        self.student = student
+        self.weighting = weighting
+
+    def forward(
+        self,
+        task: str | None = None,
+        losses: dict[str, torch.Tensor] | None = None,
+        aux: torch.Tensor | None = None,
+        step: int = 0,
+        **batch: torch.Tensor,
+    ) -> Any:
+        if losses is None:
+            assert task is not None
+            return TaskOutputs(self.student(task, **batch))
+        combined, weights = self.weighting(losses, step)
+        return (combined if aux is None else combined + aux), weights
+
+
 def loss_step(
-    engine: Any, batch: dict[str, dict[str, torch.Tensor]], cfg: TrainConfig
-) -> dict[str, torch.Tensor]:
-    """One forward pass per task → named losses: ``task`` (its total) and ``task/part``."""
-    losses: dict[str, torch.Tensor] = {}
-    for task, tensors in batch.items():
+    engine: Any, tasks: dict[str, Task], batch: dict[str, dict[str, torch.Tensor]], tc: TrainConfig
+) -> tuple[dict[str, torch.Tensor], torch.Tensor | None, dict[str, torch.Tensor]]:
+    """One forward pass per drawn task → (each task's loss, the auxiliary sharing losses summed
+    or None, every named part for the log: ``task``, ``task/kd``, ``task/adversarial`` …)."""
+    task_losses: dict[str, torch.Tensor] = {}
+    aux: torch.Tensor | None = None
+    logged: dict[str, torch.Tensor] = {}
+    for name, tensors in batch.items():
         inputs = {k: v.to(engine.device, non_blocking=True) for k, v in tensors.items()}
-        if "target_ids" in inputs:
-            logits = engine(task, **{k: inputs[k] for k in ("input_ids", "attention_mask", "target_ids")})
-            losses[task] = sequence_kd_loss(logits, inputs["target_ids"])
-            continue
-        model_inputs = ("input_ids", "attention_mask", "token_type_ids")
-        logits = engine(task, **{k: inputs[k] for k in model_inputs if k in inputs})  # (batch, labels)
-        parts = distillation_loss(
-            logits, inputs["teacher_probs"], inputs.get("labels"), cfg.kd_temperature, cfg.soft_weight
-        )
-        losses[task] = parts.pop("loss")
-        losses.update({f"{task}/{name}": value for name, value in parts.items()})
-    return losses
+        parts = tasks[name].loss(engine, inputs, tc)
+        task_losses[name] = parts.pop("loss")
+        logged[name] = task_losses[name]
+        for key in AUX_LOSSES:
+            if key in parts:
+                aux = parts[key] if aux is None else aux + parts[key]
+        logged.update({f"{name}/{key}": value for key, value in parts.items()})
+    return task_losses, aux, logged
 
 
 def token_counts(batch: dict[str, dict[str, torch.Tensor]]) -> tuple[int, int]:
@@ -118,7 +161,8 @@ def decay_groups(model: torch.nn.Module) -> dict[str, list[str]]:
     groups: dict[str, list[str]] = {"decay": [], "no_decay": []}
     for name, param in model.named_parameters():
         if param.requires_grad:
-            no_decay = name.endswith(".bias") or name in norm_params
+            # The weighting method's own parameters (log σ²) must not be pulled towards 0 either.
+            no_decay = name.endswith(".bias") or name in norm_params or name.startswith("weighting.")
             groups["no_decay" if no_decay else "decay"].append(name)
     return groups
 
@@ -140,182 +184,278 @@ def _lr_lambda(total_steps: int, warmup: int):
     return factor
 
 
-def _load_task_data(cfg: PipelineConfig, tokenizer: Any, spec: Any) -> list[TaskTensors]:
-    from distill.teach import output_path
-
-    tc = cfg.train
-    tasks = []
-    for task in cfg.tasks:
-        rows = read_jsonl(output_path(cfg, task.name, "train"))
-        if not rows:
-            raise DistillError(f"task {task.name}: the teacher's train output is empty")
-        size = tc.summary_batch_size if task.kind == "summarization" else tc.batch_size
-        tasks.append(
-            task_tensors(task.name, task.kind, rows, tokenizer, spec, size, tc.hard_labels, tc.cut_summaries)
-        )
-    return tasks
-
-
-def _schedule_info(schedule: MultiTaskSchedule, tc: TrainConfig) -> dict[str, Any]:
-    steps_per_epoch = math.ceil(schedule.steps_per_epoch / tc.gradient_accumulation_steps)
-    total = steps_per_epoch * tc.epochs
+def _plan(schedule: MultiTaskSchedule, tc: TrainConfig) -> dict[str, Any]:
+    """Steps, warm-up and epoch length: a step budget (train.steps), or epochs over the data."""
+    batches = [schedule.batches_per_epoch(i) for i in range(len(schedule.tasks))]
+    micro_per_epoch = steps_for_epochs(tc.sampling, batches, 1)
+    accum = tc.gradient_accumulation_steps
+    steps_per_epoch = math.ceil(micro_per_epoch / accum)
+    total = tc.steps if tc.steps is not None else steps_per_epoch * tc.epochs
     return {
         "total_steps": total,
         "warmup_steps": max(1, int(total * tc.warmup_ratio)),
         "lr_schedule": LR_SCHEDULE,
         "steps_per_epoch": steps_per_epoch,
-        "micro_steps_per_epoch": schedule.steps_per_epoch,
+        "micro_steps_per_epoch": micro_per_epoch,
+        "sampling": tc.sampling,
     }
 
 
-def train_steps(
-    engine: Any,
-    schedule: MultiTaskSchedule,
-    tc: TrainConfig,
-    weights: dict[str, float],
-    steps: range,
-    pad_id: int,
-    on_step: Any,
-) -> None:
-    """Optimizer steps ``steps``; each is ``gradient_accumulation_steps`` micro-batches whose
-    mean losses go to ``on_step(step, values)`` after one host sync."""
-    accum = tc.gradient_accumulation_steps
-    for step in steps:
-        summed: torch.Tensor | None = None  # (1 + parts,) detached losses, summed over micro-batches
-        real = padded = 0
-        for micro in range(step * accum, (step + 1) * accum):
-            # Dropout noise is a function of the micro-step, so a resumed run replays it exactly.
-            torch.manual_seed(tc.seed + 7919 * micro + dist.rank())
-            batch = schedule.batch(micro, pad_id)
-            counts = token_counts(batch)
-            real, padded = real + counts[0], padded + counts[1]
-            losses = loss_step(engine, batch, tc)
-            total = weighted_total({t: losses[t] for t in weights}, weights)
-            engine.backward(total)
-            engine.step()
-            stacked = torch.stack([total.detach(), *(v.detach() for v in losses.values())])
-            summed = stacked if summed is None else summed + stacked
-        assert summed is not None
-        means = (summed / accum).tolist()  # the step's one device → host sync
-        values = {
-            "loss": means[0],
-            **dict(zip(losses, means[1:])),
-            "tokens_real": real,
-            "tokens_padded": padded,
-        }
-        on_step(step, values)
+@dataclass
+class Recipe:
+    """Everything ``setup`` builds and the loop, checkpointing and export use."""
+
+    cfg: PipelineConfig
+    tasks: dict[str, Task]
+    tensors: list[TaskTensors]
+    schedule: MultiTaskSchedule
+    plan: dict[str, Any]
+    engine: Any
+    student: Student
+    weighting: Weighting
+    scheduler: Any
+    tokenizer: Any
+    ds_config: dict[str, Any]
+    client_state: dict[str, Any]
+    decay: dict[str, list[str]]
+    n_parameters: int
+    timer: Timer
+
+    @property
+    def out(self) -> Path:
+        return self.cfg.path / "train"
+
+    @property
+    def ckpt_dir(self) -> Path:
+        return self.out / "checkpoints"
 
 
-def run(cfg: PipelineConfig, resume: bool = False) -> dict[str, Any]:
-    dist.prepare_environment()
+def setup(cfg: PipelineConfig, resume: bool, timer: Timer) -> Recipe:
+    """Student, data, batch schedule, weighting, optimizer and the DeepSpeed engine."""
     import deepspeed
-    from tqdm import tqdm
 
-    from distill.teach import outputs_sha256
+    from distill.teach import output_path, outputs_sha256
 
-    timer = Timer()
-    out = cfg.path / "train"
-    ckpt_dir = out / "checkpoints"
     tc = cfg.train
     ds_config = deepspeed_config(tc, dist.world_size())
+    ckpt_dir = cfg.path / "train" / "checkpoints"
     if not resume and dist.is_main() and ckpt_dir.exists():
         shutil.rmtree(ckpt_dir)  # a fresh run must not resume from, or mix with, an old one
     torch.manual_seed(tc.seed)
+    tasks = {t.name: t for t in tasks_for(cfg)}
     with timer.section("build_student"):
-        student, tokenizer = build_student(tc.student, cfg.tasks)
+        student, tokenizer = build_student(tc.student, list(tasks.values()))
     with timer.section("tokenize"):
         teach_sha = outputs_sha256(cfg, "train")
-        tasks = _load_task_data(cfg, tokenizer, student.spec)
-    schedule = MultiTaskSchedule(tasks, tc.seed, dist.rank(), dist.world_size(), tc.group_by_length)
-    plan = _schedule_info(schedule, tc)
-    total_steps = plan["total_steps"]
+        tensors = []
+        for task in tasks.values():
+            rows = read_jsonl(output_path(cfg, task.name, "train"))
+            if not rows:
+                raise DistillError(f"task {task.name}: the teacher's train output is empty")
+            tensors.append(task.tensors(rows, tokenizer, student.spec, tc))
+    schedule = MultiTaskSchedule(tensors, tc.seed, dist.rank(), dist.world_size(), tc.group_by_length)
+    plan = _plan(schedule, tc)
+    if tc.sampling != "all":
+        micro_total = plan["total_steps"] * tc.gradient_accumulation_steps
+        # Sizes in batches, not rows: a draw is one batch, and summarization batches hold fewer
+        # rows than classification ones; so p ∝ batches gives each task one pass per epoch.
+        batches = [schedule.batches_per_epoch(i) for i in range(len(tensors))]
+        schedule.sampler = TaskSampler(tc.sampling, batches, tc.seed, micro_total, tc.sampling_temperature)
+    weighting = build_weighting(
+        tc.weighting.method,
+        list(tasks),
+        {name: tc.task_weights.get(name, 1.0) for name in tasks},
+        tc.seed,
+        **tc.weighting.options(),
+    )
+    model = TrainModule(student, weighting)
     n_parameters = sum(p.numel() for p in student.parameters())  # before ZeRO-3 partitions them
-    groups = decay_groups(student)
-    optimizer = torch.optim.AdamW(optimizer_groups(student, groups, tc.weight_decay), lr=tc.lr)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(total_steps, plan["warmup_steps"]))
+    decay = decay_groups(model)
+    optimizer = torch.optim.AdamW(optimizer_groups(model, decay, tc.weight_decay), lr=tc.lr)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, _lr_lambda(plan["total_steps"], plan["warmup_steps"])
+    )
     with timer.section("engine_init"):
         engine, _, _, _ = deepspeed.initialize(
-            model=student, optimizer=optimizer, lr_scheduler=scheduler, config=ds_config
+            model=model, optimizer=optimizer, lr_scheduler=scheduler, config=ds_config
         )
+    weighting.bind(
+        SharedParameters(
+            shared=student.shared_parameters(),
+            last_shared=student.last_shared_parameters(),
+            trainable=[p for p in student.parameters() if p.requires_grad],
+        )
+    )
     client_state = {
         "train_config": dataclasses.asdict(tc),
         "schedule": plan,
         "teach_outputs_sha256": teach_sha,
-        "param_groups": [groups["decay"], groups["no_decay"]],
+        "param_groups": [decay["decay"], decay["no_decay"]],
     }
-    start = checkpoint.resume(engine, ckpt_dir, client_state) if resume else 0
-    weights = {t.name: tc.task_weights.get(t.name, 1.0) for t in cfg.tasks}
-    log_path = out / "log.jsonl"
-    out.mkdir(parents=True, exist_ok=True)
+    return Recipe(
+        cfg, tasks, tensors, schedule, plan, engine, student, weighting, scheduler, tokenizer,
+        ds_config, client_state, decay, n_parameters, timer,
+    )  # fmt: skip
+
+
+def train_step(recipe: Recipe, step: int) -> dict[str, Any]:
+    """One optimizer step: ``gradient_accumulation_steps`` micro-batches, each weighted by the
+    weighting method and backpropagated through the engine. Returns the step's log values,
+    each the mean over the micro-batches it appeared in, after one device → host sync."""
+    tc, engine = recipe.cfg.train, recipe.engine
+    accum = tc.gradient_accumulation_steps
+    values: dict[str, list[torch.Tensor]] = {}
+    weights: dict[str, list[float]] = {}
+    real = padded = 0
+    for micro in range(step * accum, (step + 1) * accum):
+        # Dropout noise is a function of the micro-step, so a resumed run replays it exactly.
+        torch.manual_seed(tc.seed + 7919 * micro + dist.rank())
+        batch = recipe.schedule.batch(micro, recipe.tokenizer.pad_token_id)
+        counts = token_counts(batch)
+        real, padded = real + counts[0], padded + counts[1]
+        task_losses, aux, logged = loss_step(engine, recipe.tasks, batch, tc)
+        total, micro_weights = engine(losses=task_losses, aux=aux, step=micro)
+        engine.backward(total)
+        engine.step()
+        for key, value in {"loss": total, **logged}.items():
+            values.setdefault(key, []).append(value.detach().float())
+        for name, weight in micro_weights.items():
+            weights.setdefault(f"weight/{name}", []).append(weight)
+    keys = list(values)
+    means = torch.stack([torch.stack(values[k]).mean() for k in keys]).tolist()  # the one sync
+    return {
+        **dict(zip(keys, means)),
+        **{k: round(sum(v) / len(v), 5) for k, v in weights.items()},
+        "tasks": sorted(batch_tasks(recipe, step)),
+        "tokens_real": real,
+        "tokens_padded": padded,
+    }
+
+
+def batch_tasks(recipe: Recipe, step: int) -> set[str]:
+    accum = recipe.cfg.train.gradient_accumulation_steps
+    names = [t.name for t in recipe.tensors]
+    return {
+        names[i] for micro in range(step * accum, (step + 1) * accum) for i, _ in recipe.schedule.drawn(micro)
+    }
+
+
+def save_checkpoint(recipe: Recipe, step: int) -> None:
+    """Engine state (model, optimizer, LR schedule) plus the weighting method's own state."""
+    client = {**recipe.client_state, "weighting_state": recipe.weighting.extra_state()}
+    checkpoint.save(recipe.engine, recipe.ckpt_dir, step, recipe.cfg.train.keep_checkpoints, client)
+
+
+def resume_from_checkpoint(recipe: Recipe) -> int:
+    start, client = checkpoint.resume(recipe.engine, recipe.ckpt_dir, recipe.client_state)
+    if start:
+        recipe.weighting.load_extra_state(client.get("weighting_state") or {})
+    return start
+
+
+def export(recipe: Recipe, total_steps: int) -> None:
+    """The fp32 master weights of the final checkpoint as a self-contained student folder."""
+    tc = recipe.cfg.train
+    save_checkpoint(recipe, total_steps)
+    if not dist.is_main():
+        return
+    state = checkpoint.consolidated_state_dict(
+        recipe.ckpt_dir, f"step-{total_steps:07d}", zero_stage(recipe.ds_config), recipe.engine.module
+    )
+    prefix = "student."
+    student_state = {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
+    training = {
+        "hard_labels": tc.hard_labels,
+        "soft_weight": tc.soft_weight,
+        "kd_temperature": tc.kd_temperature,
+        "teach_outputs_sha256": recipe.client_state["teach_outputs_sha256"],
+        "cut_summaries": tc.cut_summaries,
+        "summary_targets": tc.summary_targets,
+        "sampling": tc.sampling,
+        "weighting": tc.weighting.method,
+        "seed": tc.seed,
+        "steps": total_steps,
+    }
+    spec = dataclasses.replace(recipe.student.spec, training=training)
+    save_student(student_state, spec, recipe.tokenizer, recipe.out / "student")
+
+
+def run(cfg: PipelineConfig, resume: bool = False) -> dict[str, Any]:
+    """setup → (resume) → train_step × N with logging and checkpoints → export → manifest."""
+    dist.prepare_environment()
+    from tqdm import tqdm
+
+    timer = Timer()
+    recipe = setup(cfg, resume, timer)
+    tc, plan = cfg.train, recipe.plan
+    total_steps = plan["total_steps"]
+    start = resume_from_checkpoint(recipe) if resume else 0
+    log_path = recipe.out / "log.jsonl"
+    recipe.out.mkdir(parents=True, exist_ok=True)
     if dist.is_main():
         checkpoint.truncate_log(log_path, start)  # start 0: a fresh log
     exit_after = int(os.environ.get(EXIT_AFTER_STEP_ENV, "0"))
-    engine.train()
+    recipe.engine.train()
     with (
         timer.section("train"),
         open(log_path, "a") as log,
         tqdm(total=total_steps, initial=start, desc="train", unit="step", disable=not dist.is_main()) as bar,
     ):
-
-        def on_step(step: int, values: dict[str, Any]) -> None:
+        for step in range(start, total_steps):
+            values = train_step(recipe, step)
             record = {
                 "step": step + 1,
                 "epoch": step // plan["steps_per_epoch"],
-                "lr": scheduler.get_last_lr()[0],
+                "lr": recipe.scheduler.get_last_lr()[0],
                 **{k: round(v, 5) if isinstance(v, float) else v for k, v in values.items()},
             }
             if dist.is_main():
                 log.write(json.dumps(record) + "\n")
                 log.flush()
             bar.update(1)
-            bar.set_postfix({k: f"{v:.3f}" for k, v in record.items() if k in weights or k == "loss"})
+            bar.set_postfix({k: f"{v:.3f}" for k, v in record.items() if k in recipe.tasks or k == "loss"})
             if (step + 1) % tc.checkpoint_every == 0 and step + 1 < total_steps:
-                checkpoint.save(engine, ckpt_dir, step + 1, tc.keep_checkpoints, client_state)
+                save_checkpoint(recipe, step + 1)
             if step + 1 == exit_after:
                 os._exit(1)  # the test hook: die like a killed process, with no cleanup
-
-        train_steps(engine, schedule, tc, weights, range(start, total_steps), tokenizer.pad_token_id, on_step)
     with timer.section("export"):
-        checkpoint.save(engine, ckpt_dir, total_steps, tc.keep_checkpoints, client_state)
-        if dist.is_main():
-            state = checkpoint.consolidated_state_dict(
-                ckpt_dir, f"step-{total_steps:07d}", zero_stage(ds_config), engine.module
-            )
-            training = {
-                "hard_labels": tc.hard_labels,
-                "soft_weight": tc.soft_weight,
-                "kd_temperature": tc.kd_temperature,
-                "teach_outputs_sha256": teach_sha,
-                "cut_summaries": tc.cut_summaries,
-                "steps": total_steps,
-            }
-            spec = dataclasses.replace(student.spec, training=training)
-            save_student(state, spec, tokenizer, out / "student")
+        export(recipe, total_steps)
     dist.barrier()
-    summary = {
-        "steps": total_steps,
-        "resumed_from_step": start,
-        "steps_per_epoch": plan["steps_per_epoch"],
-        "schedule": plan,
-        "world_size": dist.world_size(),
-        "zero_stage": zero_stage(ds_config),
-        "precision": "bf16" if ds_config.get("bf16", {}).get("enabled") else "fp32",
-        "device": str(engine.device),
-        "inputs": {"teach_outputs_sha256": teach_sha, "split": "train"},
-        "rows": {t.name: len(t) for t in tasks},
-        "summaries": {t.name: t.counts for t in tasks if t.counts is not None},
-        "weight_decay_groups": {k: len(v) for k, v in groups.items()},
-        "student_parameters": n_parameters,
-        "final_losses": _tail_means(log_path, weights),
-    }
+    summary = _summary(recipe, start, log_path)
     if dist.is_main():
-        write_manifest(out, "train", cfg, timer, **summary)
+        write_manifest(recipe.out, "train", cfg, timer, **summary)
     return summary
 
 
-def _tail_means(log_path: Path, weights: dict[str, float], window: int = 10) -> dict[str, float]:
-    """Mean of each task's loss over the last ``window`` logged steps."""
-    records = [json.loads(line) for line in log_path.read_text().splitlines()[-window:]]
-    return (
-        {t: round(sum(r[t] for r in records) / max(len(records), 1), 4) for t in weights} if records else {}
-    )
+def _summary(recipe: Recipe, start: int, log_path: Path) -> dict[str, Any]:
+    tc, ds_config = recipe.cfg.train, recipe.ds_config
+    return {
+        "steps": recipe.plan["total_steps"],
+        "resumed_from_step": start,
+        "steps_per_epoch": recipe.plan["steps_per_epoch"],
+        "schedule": recipe.plan,
+        "world_size": dist.world_size(),
+        "zero_stage": zero_stage(ds_config),
+        "precision": "bf16" if ds_config.get("bf16", {}).get("enabled") else "fp32",
+        "device": str(recipe.engine.device),
+        "sampling": tc.sampling,
+        "weighting": tc.weighting.method,
+        "sharing": tc.student.sharing,
+        "inputs": {"teach_outputs_sha256": recipe.client_state["teach_outputs_sha256"], "split": "train"},
+        "rows": {t.name: len(t) for t in recipe.tensors},
+        "summaries": {t.name: t.counts for t in recipe.tensors if t.counts is not None},
+        "weight_decay_groups": {k: len(v) for k, v in recipe.decay.items()},
+        "student_parameters": recipe.n_parameters,
+        "final_losses": _tail_means(log_path, list(recipe.tasks)),
+    }
+
+
+def _tail_means(log_path: Path, tasks: list[str], window: int = 10) -> dict[str, float]:
+    """Mean of each task's loss over the last ``window`` logged steps it appears in."""
+    records = [json.loads(line) for line in log_path.read_text().splitlines()[-window * len(tasks) :]]
+    out = {}
+    for t in tasks:
+        seen = [r[t] for r in records if t in r][-window:]
+        if seen:
+            out[t] = round(sum(seen) / len(seen), 4)
+    return out

@@ -63,11 +63,12 @@ sys.path.insert(0, str(REPO))
 import torch  # noqa: E402
 from torch.optim.optimizer import register_optimizer_step_post_hook  # noqa: E402
 
-from distill.batches import MultiTaskSchedule, task_tensors  # noqa: E402
+from distill.batches import MultiTaskSchedule  # noqa: E402
 from distill.config import EvalConfig, PipelineConfig, StudentConfig, TaskConfig, TeachConfig, TrainConfig  # noqa: E402
 from distill.data import load_split, read_jsonl, write_jsonl  # noqa: E402
 from distill.losses import distillation_loss  # noqa: E402
 from distill.student import Student, build_student  # noqa: E402
+from distill.tasks import task_for, tasks_for  # noqa: E402
 from distill.teach import output_path  # noqa: E402
 
 TASK = "fine_foods"
@@ -146,9 +147,7 @@ def schedule_batches(cfg: PipelineConfig, student: Student, tokenizer: Any) -> l
     """The micro-batches ``distill train`` feeds, in its order (its schedule, seed and padding)."""
     tc = cfg.train
     rows = read_jsonl(output_path(cfg, TASK, "train"))
-    tensors = task_tensors(
-        TASK, "classification", rows, tokenizer, student.spec, tc.batch_size, tc.hard_labels, tc.cut_summaries
-    )
+    tensors = task_for(cfg.tasks[0]).tensors(rows, tokenizer, student.spec, tc)
     schedule = MultiTaskSchedule([tensors], tc.seed, 0, 1, tc.group_by_length)
     return [schedule.batch(step, tokenizer.pad_token_id)[TASK] for step in range(schedule.steps_per_epoch)]
 
@@ -186,14 +185,15 @@ def lr_factor(total: int, warmup: int):
 def run_plain(cfg: PipelineConfig, clock: StepClock) -> dict[str, Any]:
     tc = cfg.train
     torch.manual_seed(tc.seed)
-    student, tokenizer = build_student(tc.student, cfg.tasks)
+    student, tokenizer = build_student(tc.student, tasks_for(cfg))
     batches = schedule_batches(cfg, student, tokenizer)
     optimizer = torch.optim.AdamW(student.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor(len(batches), 1))
     student.train()
     with clock:
         for batch in batches:
-            logits = student(TASK, input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+            out = student(TASK, input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+            logits = out["logits"]  # (batch, labels)
             loss = distillation_loss(
                 logits, batch["teacher_probs"], batch.get("labels"), tc.kd_temperature, tc.soft_weight
             )["loss"]
@@ -231,7 +231,8 @@ class DistillLoss(torch.nn.Module):
     def forward(
         self, input_ids: torch.Tensor, attention_mask: torch.Tensor, teacher_probs: torch.Tensor, labels=None
     ) -> dict[str, torch.Tensor]:
-        logits = self.student(TASK, input_ids=input_ids, attention_mask=attention_mask)  # (batch, labels)
+        out = self.student(TASK, input_ids=input_ids, attention_mask=attention_mask)
+        logits = out["logits"]  # (batch, labels)
         parts = distillation_loss(logits, teacher_probs, labels, self.tc.kd_temperature, self.tc.soft_weight)
         return {"loss": parts["loss"]}
 
@@ -286,7 +287,7 @@ def run_hf(cfg: PipelineConfig, clock: StepClock, with_deepspeed: bool) -> dict[
 
     tc = cfg.train
     torch.manual_seed(tc.seed)
-    student, tokenizer = build_student(tc.student, cfg.tasks)
+    student, tokenizer = build_student(tc.student, tasks_for(cfg))
     batches = schedule_batches(cfg, student, tokenizer)
     args = trainer_arguments(
         cfg,
@@ -323,15 +324,14 @@ def run_hf_default(cfg: PipelineConfig, clock: StepClock) -> dict[str, Any]:
 
     tc = cfg.train
     torch.manual_seed(tc.seed)
-    student, tokenizer = build_student(tc.student, cfg.tasks)
+    student, tokenizer = build_student(tc.student, tasks_for(cfg))
     dims = model_dims(student)
     rows = read_jsonl(output_path(cfg, TASK, "train"))
-    tensors = task_tensors(
-        TASK, "classification", rows, tokenizer, student.spec, tc.batch_size, tc.hard_labels, tc.cut_summaries
-    )
+    tensors = task_for(cfg.tasks[0]).tensors(rows, tokenizer, student.spec, tc)
+    targets = tensors.row_targets  # teacher_probs (rows, labels), labels (rows,)
     dataset = [
         {"input_ids": ids, "teacher_probs": probs, "labels": label}
-        for ids, probs, label in zip(tensors.input_ids, tensors.teacher_probs, tensors.hard_labels)
+        for ids, probs, label in zip(tensors.input_ids, targets["teacher_probs"], targets["labels"])
     ]
     seen: list[dict[str, float]] = []
 
@@ -603,7 +603,7 @@ def prepare(tmp: Path, args: argparse.Namespace) -> tuple[dict[str, PipelineConf
     teach_rows = synthetic_teach_rows(configs["plain"])
     for cfg in configs.values():
         write_jsonl(output_path(cfg, TASK, "train"), teach_rows)
-    student, tokenizer = build_student(configs["plain"].train.student, configs["plain"].tasks)
+    student, tokenizer = build_student(configs["plain"].train.student, tasks_for(configs["plain"]))
     return configs, schedule_batches(configs["plain"], student, tokenizer), model_dims(student)
 
 

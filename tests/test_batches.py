@@ -10,16 +10,25 @@ from distill.batches import (
     TaskTensors,
     encode_targets,
     rank_slice,
-    task_tensors,
 )
+from distill.config import TaskConfig, TrainConfig
 from distill.errors import DistillError
 from distill.losses import IGNORE_INDEX
 from distill.student import StudentSpec
+from distill.tasks import Task, task_for
+
+PAPERS = task_for(TaskConfig(name="papers", kind="summarization", data={}))
+REVIEWS = task_for(TaskConfig(name="reviews", kind="classification", data={}, labels={"a": "a", "b": "b"}))
+NLI = task_for(
+    TaskConfig(
+        name="nli", kind="sentence_pair", data={}, labels={"a": "a", "b": "b"}, text_pair_field="other"
+    )
+)
 
 
-def spec(**tasks) -> StudentSpec:
+def spec(*tasks: Task) -> StudentSpec:
     return StudentSpec(
-        tasks=tasks,
+        tasks={t.name: t.student_entry() for t in tasks},
         encoder_config={},
         decoder_config=None,
         max_length=32,
@@ -32,9 +41,7 @@ def spec(**tasks) -> StudentSpec:
 
 def ragged_task(name: str, n: int, batch_size: int, seed: int = 0) -> TaskTensors:
     rng = random.Random(seed)
-    return TaskTensors(
-        name, "classification", [[7] * rng.randint(3, 60) for _ in range(n)], batch_size=batch_size
-    )
+    return TaskTensors(name, [[7] * rng.randint(3, 60) for _ in range(n)], batch_size=batch_size)
 
 
 @pytest.mark.parametrize("grouped", [True, False])
@@ -106,7 +113,7 @@ def test_length_grouping_cuts_padding():
 
 def test_attention_mask_comes_from_lengths():
     # Token 0 inside a row is real even though 0 is also the pad id.
-    task = TaskTensors("a", "classification", [[5, 0, 6], [5]], batch_size=2)
+    task = TaskTensors("a", [[5, 0, 6], [5]], batch_size=2)
     batch = MultiTaskSchedule([task], 0, 0, 1, False).batch(0, 0)["a"]
     by_row = sorted(zip(batch["input_ids"].tolist(), batch["attention_mask"].tolist()))
     assert by_row == [([5, 0, 0], [1, 0, 0]), ([5, 0, 6], [1, 1, 1])]
@@ -144,39 +151,30 @@ def summary_rows() -> list[dict]:
 
 
 def test_cut_summaries_counted_or_excluded(bert_tokenizer):
-    kept = task_tensors("papers", "summarization", summary_rows(), bert_tokenizer, spec(papers=None), 2)
+    kept = PAPERS.tensors(summary_rows(), bert_tokenizer, spec(PAPERS), TrainConfig(summary_batch_size=2))
     assert len(kept) == 3 and kept.counts == {"cut": 1, "excluded": 0}
     assert kept.target_ids[1][-1] != bert_tokenizer.sep_token_id
     assert [t[-1] for t in (kept.target_ids[0], kept.target_ids[2])] == [bert_tokenizer.sep_token_id] * 2
-    dropped = task_tensors(
-        "papers",
-        "summarization",
-        summary_rows(),
-        bert_tokenizer,
-        spec(papers=None),
-        2,
-        cut_summaries="exclude",
-    )
+    exclude = TrainConfig(summary_batch_size=2, cut_summaries="exclude")
+    dropped = PAPERS.tensors(summary_rows(), bert_tokenizer, spec(PAPERS), exclude)
     assert len(dropped) == 2 and dropped.counts == {"cut": 1, "excluded": 1}
     all_cut = [{**r, "teacher_finish_reason": "length"} for r in summary_rows()]
-    with pytest.raises(DistillError, match="task papers: every teacher summary was cut"):
-        task_tensors(
-            "papers", "summarization", all_cut, bert_tokenizer, spec(papers=None), 2, cut_summaries="exclude"
-        )
+    with pytest.raises(
+        DistillError, match=r"task papers: no training summary is left \(every teacher summary cut"
+    ):
+        PAPERS.tensors(all_cut, bert_tokenizer, spec(PAPERS), exclude)
 
 
 def labelled_rows() -> list[dict]:
     return [
         {
             "text": "great coffee",
-            "text_pair": None,
             "label": "a",
             "teacher_label": "b",
             "teacher_distribution": [0.4, 0.6],
         },
         {
             "text": "stale snack",
-            "text_pair": None,
             "label": None,
             "teacher_label": "a",
             "teacher_distribution": [0.7, 0.3],
@@ -188,17 +186,17 @@ def labelled_rows() -> list[dict]:
     "source, expected", [("gold", [0, IGNORE_INDEX]), ("teacher", [1, 0]), ("none", None)]
 )
 def test_hard_label_source(bert_tokenizer, source, expected):
-    tensors = task_tensors(
-        "reviews", "classification", labelled_rows(), bert_tokenizer, spec(reviews=["a", "b"]), 2, source
-    )
-    assert (tensors.hard_labels.tolist() if tensors.hard_labels is not None else None) == expected
+    train = TrainConfig(batch_size=2, hard_labels=source, soft_weight=1.0 if source == "none" else 0.5)
+    tensors = REVIEWS.tensors(labelled_rows(), bert_tokenizer, spec(REVIEWS), train)
+    labels = tensors.row_targets.get("labels")
+    assert (labels.tolist() if labels is not None else None) == expected
     batch = MultiTaskSchedule([tensors], 0, 0, 1).batch(0, bert_tokenizer.pad_token_id)["reviews"]
     assert ("labels" in batch) == (expected is not None)
 
 
 def test_sentence_pairs_keep_both_texts_and_their_segments(bert_tokenizer):
     rows = [{**r, "text_pair": "a second text"} for r in labelled_rows()]
-    tensors = task_tensors("nli", "classification", rows, bert_tokenizer, spec(nli=["a", "b"]), 2)
+    tensors = NLI.tensors(rows, bert_tokenizer, spec(NLI), TrainConfig(batch_size=2))
     batch = MultiTaskSchedule([tensors], 0, 0, 1, False).batch(0, bert_tokenizer.pad_token_id)["nli"]
     first = tensors.input_ids.index(batch["input_ids"][0][: int(batch["attention_mask"][0].sum())].tolist())
     tokens = bert_tokenizer.convert_ids_to_tokens(tensors.input_ids[first])

@@ -119,10 +119,7 @@ def test_teacher_distribution_is_batch_invariant(pipeline):
     cfg = load_pipeline(pipeline)
     teacher = load_teacher(cfg.teach.teacher)
     task = cfg.tasks[0]
-    prompts = [
-        classification_prompt(task, {"text": t, "text_pair": None})
-        for t in ["short", "a much longer text " * 5]
-    ]
+    prompts = [classification_prompt(task, {"text": t}) for t in ["short", "a much longer text " * 5]]
     batched = dict(teacher.label_distribution(prompts, ["great", "other"]))
     assert sorted(batched) == [0, 1]
     for i, prompt in enumerate(prompts):

@@ -261,13 +261,14 @@ def test_cuda_without_a_device_is_a_clear_error():
 def trained_folder(tmp_path, tiny_encoder, tiny_teacher):
     """A pipeline with teach train outputs on disk and a saved tiny student."""
     from distill.student import build_student, load_student, save_student
+    from distill.tasks import tasks_for
     from distill.teach import output_path, outputs_sha256
 
     cfg = load_pipeline(write_pipeline(tmp_path, pipeline_dict(tmp_path, tiny_encoder, tiny_teacher)))
     for task in cfg.tasks:
         output_path(cfg, task.name, "train").parent.mkdir(parents=True, exist_ok=True)
         output_path(cfg, task.name, "train").write_text(json.dumps({"task": task.name}) + "\n")
-    student, tokenizer = build_student(cfg.train.student, cfg.tasks)
+    student, tokenizer = build_student(cfg.train.student, tasks_for(cfg))
     folder = cfg.path / "train" / "student"
 
     def save(training):

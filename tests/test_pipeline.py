@@ -179,6 +179,7 @@ def test_schedule_change_refuses_resume(tmp_path, tiny_encoder, tiny_teacher):
         "lr_schedule": "linear_warmup_linear_decay",
         "steps_per_epoch": 4,
         "micro_steps_per_epoch": 4,
+        "sampling": "all",
     }
     assert client["teach_outputs_sha256"] == outputs_sha256(load_pipeline(pipeline), "train")
     grown = distill("train", pipeline, "--resume", "--set", "train.epochs=4", check=False)
@@ -203,6 +204,7 @@ def test_bf16_sentence_pairs_gold_labels_and_provenance(tmp_path, tiny_encoder, 
         ]
         Path(path).write_text("".join(json.dumps(r) + "\n" for r in rows))
     reviews["text_pair_field"] = "other"
+    reviews["kind"] = "sentence_pair"
     pipeline = write_pipeline(tmp_path, data)
     run_dir = tmp_path / "run"
     distill("teach", pipeline)
@@ -212,11 +214,13 @@ def test_bf16_sentence_pairs_gold_labels_and_provenance(tmp_path, tiny_encoder, 
     ckpt = torch.load(
         run_dir / "train" / "checkpoints" / "step-0000004" / "mp_rank_00_model_states.pt", weights_only=False
     )
-    assert ckpt["module"]["heads.reviews.1.weight"].dtype == torch.bfloat16  # the module copy is bf16
+    # The engine wraps TrainModule(student, weighting): the student's keys carry "student.".
+    assert ckpt["module"]["student.heads.reviews.1.weight"].dtype == torch.bfloat16  # the module copy is bf16
     masters = ckpt["optimizer"]["fp32_groups"]  # DeepSpeed's fp32 copy, one tensor per parameter
     for names, tensors in zip(ckpt["param_groups"], masters):
         for name, master in zip(names, tensors):
-            assert torch.equal(exported[name].flatten(), master.flatten()), name
+            assert name.startswith("student."), name  # static weighting has no parameters of its own
+            assert torch.equal(exported[name.removeprefix("student.")].flatten(), master.flatten()), name
     not_bf16 = sum(int((t != t.bfloat16().float()).sum()) for t in exported.values())
     assert not_bf16 > 0.5 * sum(t.numel() for t in exported.values())
 
@@ -228,6 +232,10 @@ def test_bf16_sentence_pairs_gold_labels_and_provenance(tmp_path, tiny_encoder, 
         "kd_temperature": 2.0,
         "teach_outputs_sha256": sha,
         "cut_summaries": "no_eos",
+        "summary_targets": "teacher",
+        "sampling": "all",
+        "weighting": "static",
+        "seed": 0,
         "steps": 4,
     }
     manifest = json.loads((run_dir / "train" / "manifest.json").read_text())

@@ -14,9 +14,10 @@ from distill.student import (
     load_student,
     save_student,
 )
+from distill.tasks import task_for
 from distill.train import decay_groups, optimizer_groups
 
-TASKS = [
+TASK_CONFIGS = [
     TaskConfig(
         name="reviews",
         kind="classification",
@@ -25,6 +26,7 @@ TASKS = [
     ),
     TaskConfig(name="papers", kind="summarization", data={"train": "y.jsonl"}),
 ]
+TASKS = [task_for(t) for t in TASK_CONFIGS]
 
 
 def test_student_shares_one_encoder(tiny_encoder):
@@ -41,8 +43,8 @@ def test_save_load_round_trip_is_self_contained(tiny_encoder, tmp_path):
     save_student(student.state_dict(), student.spec, tokenizer, folder)
     loaded, loaded_tok = load_student(folder)
     assert json.loads((folder / "student.json").read_text())["tasks"] == {
-        "reviews": ["a", "b", "c"],
-        "papers": None,
+        "reviews": {"kind": "classification", "labels": ["a", "b", "c"], "prefix": None},
+        "papers": {"kind": "summarization", "labels": None, "prefix": "papers: "},
     }
     x = tokenizer(["good coffee", "stale and bland snack"], return_tensors="pt", padding=True)
     with torch.no_grad():
@@ -50,8 +52,8 @@ def test_save_load_round_trip_is_self_contained(tiny_encoder, tmp_path):
             student.classify("reviews", x.input_ids, x.attention_mask),
             loaded.classify("reviews", x.input_ids, x.attention_mask),
         )
-        a = student.summarize(x.input_ids, x.attention_mask, 6)
-        b = loaded.summarize(x.input_ids, x.attention_mask, 6)
+        a = student.summarize("papers", x.input_ids, x.attention_mask, 6)
+        b = loaded.summarize("papers", x.input_ids, x.attention_mask, 6)
     assert torch.equal(a, b)
     assert loaded_tok("good coffee").input_ids == tokenizer("good coffee").input_ids
 

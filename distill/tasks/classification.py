@@ -1,0 +1,315 @@
+"""Classification of one text: the teacher gives a class distribution over the label words,
+the student a label head on the shared encoder's mean-pooled states, trained with
+soft_weight · T²·KL + (1 − soft_weight) · CE."""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+import numpy as np
+import torch
+
+from distill.batches import TaskTensors, length_mask, pad
+from distill.calibration import CONTENT_FREE_INPUTS, calibrate, fit_temperature, nll
+from distill.data import Example, load_split, read_jsonl
+from distill.errors import ConfigError, DistillError
+from distill.losses import IGNORE_INDEX, distillation_loss
+from distill.prompts import classification_prompt, few_shot_examples, template_version
+from distill.stats import classification_metrics, macro_f1
+from distill.tasks import Task, TimedCalls
+
+
+class Classification(Task):
+    kind = "classification"
+    headline = "accuracy"
+
+    @classmethod
+    def check_config(cls, cfg) -> None:
+        where = f"tasks.{cfg.name}"
+        if len(cfg.labels) < 2:
+            raise ConfigError(f"{where}.labels: a classification task needs at least two labels")
+        for label, verbalizer in cfg.labels.items():
+            if not str(verbalizer).strip():
+                raise ConfigError(f"{where}.labels.{label}: empty verbalizer")
+        if cfg.text_pair_field and cls is Classification:  # subclasses (pairs) read it
+            raise ConfigError(f"{where}.text_pair_field: two texts per row is kind: sentence_pair")
+
+    def check_pipeline(self, pipeline) -> None:
+        cal, teach = pipeline.teach.calibration, pipeline.teach
+        data = self.cfg.data
+        if cal.temperature and cal.split not in data:
+            raise ConfigError(
+                f"teach.calibration.split: task {self.name} has no {cal.split} split "
+                "to fit the temperature on"
+            )
+        if teach.few_shot and teach.few_shot_split not in data:
+            raise ConfigError(
+                f"teach.few_shot_split: task {self.name} has no {teach.few_shot_split} split to draw "
+                "demonstrations from"
+            )
+        scored = data.get(pipeline.eval.split)
+        fitted_on = {
+            "teach.calibration.split": cal.split if cal.temperature else None,
+            "teach.few_shot_split": teach.few_shot_split if teach.few_shot else None,
+        }
+        for key, split in fitted_on.items():
+            if split and split != pipeline.eval.split and split in data and data[split] == scored:
+                raise ConfigError(
+                    f"{key}: task {self.name} reads {split} from {scored}, the same file as "
+                    f"eval.split {pipeline.eval.split!r}"
+                )
+
+    @property
+    def labels(self) -> list[str]:
+        return self.cfg.label_names
+
+    # --- data and teacher -------------------------------------------------------------------
+    def example(self, row: dict[str, Any], index: int, where: str) -> Example:
+        return {
+            "id": str(row.get("id", index)),
+            "text": self._text(row, self.cfg.text_field, where, index),
+            "label": self._label(row, index, where),
+        }
+
+    def _label(self, row: dict[str, Any], index: int, where: str) -> str | None:
+        label = row.get(self.cfg.label_field) if self.cfg.label_field else None
+        if label is None:
+            return None
+        label = str(label)
+        if label not in self.cfg.labels:
+            raise DistillError(
+                f"{where}: row {index} has unknown label {label!r} (labels: {', '.join(self.cfg.labels)})"
+            )
+        return label
+
+    def body(self, example: Example) -> str:
+        """The input as the prompt shows it."""
+        return f"Text: {example['text']}"
+
+    def content_free_example(self, text: str, index: int) -> Example:
+        """An input that says nothing (``text`` is "N/A", "" …), for the content-free prior."""
+        return {"id": f"content-free-{index}", "text": text}
+
+    def prompt(self, example: Example, shots: list[Example]):
+        return classification_prompt(self.cfg, example, shots, self.body)
+
+    def taught_splits(self, pipeline) -> list[str]:
+        """teach.splits, plus the calibration dev split when a temperature is fitted."""
+        splits = list(pipeline.teach.splits)
+        cal = pipeline.teach.calibration
+        if cal.temperature and cal.split not in splits:
+            splits.append(cal.split)
+        return splits
+
+    def shots(self, pipeline, pool: list[Example] | None) -> list[Example]:
+        """The demonstrations teach shows in every prompt (from ``teach.few_shot_split``); any
+        stage rebuilds the exact prompts with them."""
+        if not pipeline.teach.few_shot:
+            return []
+        if pool is None:
+            pool = load_split(self.cfg, pipeline.teach.few_shot_split)
+        return few_shot_examples(self.cfg, pool, pipeline.teach.few_shot)
+
+    def teach(self, cached, pipeline, examples, shots):
+        verbalizers = list(self.cfg.labels.values())
+        answers = self._ask_splits(
+            pipeline,
+            examples,
+            lambda exs, progress: cached.label_distribution(
+                [self.prompt(ex, shots) for ex in exs], verbalizers, template_version(self.cfg), progress
+            ),
+        )
+        cal = pipeline.teach.calibration
+        if cal.prior == "none" and not cal.temperature:
+            return answers, None
+        return answers, self._fit_calibration(cached, pipeline, answers, examples, shots)
+
+    def _fit_calibration(self, cached, pipeline, answers, examples, shots) -> dict[str, Any]:
+        """The prior and temperature for this task, from raw (uncalibrated) answers."""
+        cal = pipeline.teach.calibration
+        fitted: dict[str, Any] = {"prior": None, "prior_source": cal.prior, "temperature": None}
+        if cal.prior == "content_free":
+            blanks = [self.content_free_example(t, i) for i, t in enumerate(CONTENT_FREE_INPUTS)]
+            # The exact prompt real rows get, demonstrations included (Zhao et al. 2021): the prior
+            # being divided out is the one this prompt induces.
+            got = cached.label_distribution(
+                [self.prompt(b, shots) for b in blanks],
+                list(self.cfg.labels.values()),
+                template_version(self.cfg),
+            )
+            good = [a["distribution"] for a in got if "error" not in a]
+            if not good:
+                raise DistillError(
+                    f"teach.calibration: the content-free inputs got no answer ({got[0]['error']})"
+                )
+            fitted["prior"] = np.mean(good, axis=0).tolist()
+        elif cal.prior == "pool_mean":
+            good = [a["distribution"] for a in answers["train"] if "error" not in a]
+            fitted["prior"] = np.mean(good, axis=0).tolist()
+        if cal.temperature:
+            fitted.update(
+                self._fit_temperature(answers[cal.split], examples[cal.split], fitted["prior"], cal.split)
+            )
+        return fitted
+
+    def _fit_temperature(self, answers, examples, prior, split: str) -> dict[str, Any]:
+        names = self.labels
+        pairs = [
+            (a["distribution"], names.index(ex["label"]))
+            for a, ex in zip(answers, examples)
+            if "error" not in a and ex["label"] is not None
+        ]
+        if len(pairs) < 10:
+            raise DistillError(
+                f"teach.calibration: task {self.name} has {len(pairs)} gold-labeled {split} answers; "
+                "fitting a temperature needs at least 10"
+            )
+        dists = calibrate(np.array([p[0] for p in pairs]), prior, None)
+        gold = np.array([p[1] for p in pairs])
+        tau = fit_temperature(dists, gold)
+        if not 0.051 < tau < 19.9:
+            print(
+                f"teach: warning: task {self.name}: the fitted temperature {tau:.3g} "
+                "sits at the search bound: its answers say little about the gold labels",
+                file=sys.stderr,
+            )
+        return {
+            "temperature": tau,
+            "dev_nll": {
+                "before": round(nll(dists, gold), 4),
+                "after": round(nll(calibrate(dists, None, tau), gold), 4),
+                "rows": len(pairs),
+            },
+        }
+
+    def output_rows(self, examples, answers, fitted):
+        names = self.labels
+        raw = np.array([a["distribution"] for a in answers])
+        dists = calibrate(raw, fitted["prior"], fitted["temperature"]) if fitted else raw
+        rows = []
+        for ex, a, dist, raw_dist in zip(examples, answers, dists.tolist(), raw.tolist()):
+            row = {
+                **ex,
+                "teacher_distribution": dist,
+                "teacher_label": names[max(range(len(names)), key=dist.__getitem__)],
+                "teacher_label_mass": a["label_mass"],
+                "teacher_method": a.get("method", "verbalizer_logits"),
+            }
+            if fitted:
+                row["teacher_distribution_raw"] = raw_dist
+            rows.append(row)
+        return rows
+
+    def split_counts(self, rows):
+        methods: dict[str, int] = {}
+        for r in rows:
+            methods[r["teacher_method"]] = methods.get(r["teacher_method"], 0) + 1
+        return {
+            "rows": len(rows),
+            "with_gold": sum(r["label"] is not None for r in rows),
+            "teacher_labels": {name: sum(r["teacher_label"] == name for r in rows) for name in self.labels},
+            "mean_label_mass": round(sum(r["teacher_label_mass"] for r in rows) / max(len(rows), 1), 4),
+            "methods": methods,
+        }
+
+    # --- student ----------------------------------------------------------------------------
+    def student_entry(self) -> dict[str, Any]:
+        return {"kind": self.kind, "labels": self.labels, "prefix": None}
+
+    def encode(
+        self, rows: list[dict[str, Any]], tokenizer: Any, max_length: int
+    ) -> dict[str, list[list[int]]]:
+        """input_ids (and, for kinds with segments, token_type_ids) per row, unpadded."""
+        return {
+            "input_ids": tokenizer([r["text"] for r in rows], truncation=True, max_length=max_length)[
+                "input_ids"
+            ]
+        }
+
+    def tensors(self, rows, tokenizer, spec, train) -> TaskTensors:
+        encoded = self.encode(rows, tokenizer, spec.max_length)
+        return TaskTensors(
+            self.name,
+            encoded["input_ids"],
+            token_type_ids=encoded.get("token_type_ids"),
+            row_targets=self._targets(rows, train.hard_labels),
+            batch_size=train.batch_size,
+        )
+
+    def _targets(self, rows, source: str) -> dict[str, torch.Tensor]:
+        """teacher_probs (rows, labels), and labels (rows,) for CE: gold (IGNORE_INDEX where a row
+        has none) or the teacher's argmax; no labels for pure KD."""
+        out = {"teacher_probs": torch.tensor([r["teacher_distribution"] for r in rows])}
+        if source == "gold":
+            names = self.labels
+            out["labels"] = torch.tensor(
+                [names.index(r["label"]) if r["label"] is not None else IGNORE_INDEX for r in rows]
+            )
+        elif source == "teacher":
+            out["labels"] = torch.tensor([self.labels.index(r["teacher_label"]) for r in rows])
+        return out
+
+    def loss(self, model, inputs, train):
+        model_inputs = ("input_ids", "attention_mask", "token_type_ids")
+        out = model(self.name, **{k: inputs[k] for k in model_inputs if k in inputs})
+        soft_weight = train.soft_weight if self.cfg.soft_weight is None else self.cfg.soft_weight
+        temperature = train.kd_temperature if self.cfg.kd_temperature is None else self.cfg.kd_temperature
+        logits = out.pop("logits")  # (batch, labels)
+        parts = distillation_loss(
+            logits, inputs["teacher_probs"], inputs.get("labels"), temperature, soft_weight
+        )
+        return {**parts, **out}  # plus the sharing losses, if any
+
+    # --- eval -------------------------------------------------------------------------------
+    @torch.inference_mode()
+    def student_probs(self, student, tokenizer, rows, batch: int) -> np.ndarray:
+        """(n, labels) class probabilities on the student's device, from the inputs training saw."""
+        encoded = self.encode(rows, tokenizer, student.spec.max_length)
+        ids, segments = encoded["input_ids"], encoded.get("token_type_ids")
+        device = next(student.parameters()).device
+        out = []
+        for start in range(0, len(ids), batch):
+            chunk = ids[start : start + batch]
+            x = pad(chunk, tokenizer.pad_token_id).to(device)
+            types = pad(segments[start : start + batch], 0).to(device) if segments else None
+            logits = student.classify(self.name, x, length_mask(chunk).to(device), types)
+            out.append(logits.float().softmax(-1).cpu())
+        return torch.cat(out).numpy()
+
+    def evaluate(self, pipeline, rows, student, tokenizer, resamples):
+        from distill.teach import output_path
+
+        probs = self.student_probs(student, tokenizer, rows, pipeline.eval.batch_size)
+        train_rows = read_jsonl(output_path(pipeline, self.name, "train"))
+        min_mass = pipeline.teach.teacher.min_label_mass
+        return classification_metrics(self.cfg, rows, probs, train_rows, resamples, min_mass)
+
+    def _scores(self, predicted: np.ndarray, rows) -> dict[str, np.ndarray]:
+        gold = np.array([self.labels.index(r["label"]) if r["label"] is not None else -1 for r in rows])
+        correct = np.where(gold >= 0, (predicted == gold).astype(float), np.nan)
+        return {"accuracy": correct, "prediction": predicted, "gold": gold}
+
+    def row_scores(self, pipeline, rows, student, tokenizer):
+        probs = self.student_probs(student, tokenizer, rows, pipeline.eval.batch_size)
+        return self._scores(probs.argmax(-1), rows)
+
+    def teacher_row_scores(self, rows):
+        return self._scores(np.array([self.labels.index(r["teacher_label"]) for r in rows]), rows)
+
+    def aggregate(self, scores):
+        labeled = scores["gold"] >= 0
+        return {
+            "accuracy": float(np.nanmean(scores["accuracy"])),
+            "macro_f1": macro_f1(scores["prediction"][labeled], scores["gold"][labeled]),
+        }
+
+    def timed_calls(self, pipeline, rows, student, tokenizer, teacher) -> TimedCalls:
+        calls: TimedCalls = {
+            "student": (lambda b: self.student_probs(student, tokenizer, list(b), len(b)), rows)
+        }
+        if teacher is not None:
+            shots, verbalizers = self.shots(pipeline, None), list(self.cfg.labels.values())
+            prompts = [self.prompt(r, shots) for r in rows]
+            calls["teacher"] = (lambda b: list(teacher.label_distribution(b, verbalizers)), prompts)
+        return calls
