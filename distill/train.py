@@ -307,10 +307,12 @@ def train_step(recipe: Recipe, step: int) -> dict[str, Any]:
     values: dict[str, list[torch.Tensor]] = {}
     weights: dict[str, list[float]] = {}
     real = padded = 0
+    drawn: set[str] = set()
     for micro in range(step * accum, (step + 1) * accum):
         # Dropout noise is a function of the micro-step, so a resumed run replays it exactly.
         torch.manual_seed(tc.seed + 7919 * micro + dist.rank())
         batch = recipe.schedule.batch(micro, recipe.tokenizer.pad_token_id)
+        drawn.update(batch)
         counts = token_counts(batch)
         real, padded = real + counts[0], padded + counts[1]
         task_losses, aux, logged = loss_step(engine, recipe.tasks, batch, tc)
@@ -326,17 +328,9 @@ def train_step(recipe: Recipe, step: int) -> dict[str, Any]:
     return {
         **dict(zip(keys, means)),
         **{k: round(sum(v) / len(v), 5) for k, v in weights.items()},
-        "tasks": sorted(batch_tasks(recipe, step)),
+        "tasks": sorted(drawn),
         "tokens_real": real,
         "tokens_padded": padded,
-    }
-
-
-def batch_tasks(recipe: Recipe, step: int) -> set[str]:
-    accum = recipe.cfg.train.gradient_accumulation_steps
-    names = [t.name for t in recipe.tensors]
-    return {
-        names[i] for micro in range(step * accum, (step + 1) * accum) for i, _ in recipe.schedule.drawn(micro)
     }
 
 
