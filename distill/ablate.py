@@ -91,7 +91,9 @@ def _fingerprint(cfg: PipelineConfig) -> str:
     learned from and the rows it was scored on."""
     from distill.teach import outputs_sha256
 
-    settings = json.dumps({k: cfg.to_dict()[k] for k in ("train", "eval")}, sort_keys=True)
+    data = cfg.to_dict()
+    decoding = {t["name"]: t.get("decoding") for t in data["tasks"]}  # a task's own decoding scores too
+    settings = json.dumps({**{k: data[k] for k in ("train", "eval")}, "decoding": decoding}, sort_keys=True)
     names = ",".join(t.name for t in cfg.tasks)
     inputs = f"{outputs_sha256(cfg, 'train')}|{outputs_sha256(cfg, cfg.eval.split)}"
     return hashlib.sha256(f"{settings}|{names}|{inputs}".encode()).hexdigest()[:16]

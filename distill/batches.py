@@ -41,6 +41,11 @@ class TaskTensors:
     (rows, labels), ``labels`` (rows,) …"""
     target_ids: list[list[int]] | None = None
     """Summarization: target token ids per row, unpadded."""
+    decoder_prompt_ids: list[list[int]] | None = None
+    """Summarization with a decoder-only summarizer: the prompt it reads, per row (its own ids)."""
+    target_top: list[tuple[list[list[int]], list[list[float]]]] | None = None
+    """Token-level KD: per row, the teacher's top-k ids (T, k) and log-probabilities (T, k) at
+    each target token."""
     batch_size: int = 1
     counts: dict[str, int] | None = None
     """Summarization: rows whose teacher summary was cut by the length limit, and how many
@@ -68,6 +73,26 @@ def encode_targets(
 def pad(seqs: list[list[int]], value: int) -> torch.Tensor:
     width = max(len(s) for s in seqs)
     return torch.tensor([s + [value] * (width - len(s)) for s in seqs])
+
+
+def left_pad(seqs: list[list[int]], value: int) -> torch.Tensor:
+    """(batch, width), each row right-aligned: a decoder-only model continues every row at once."""
+    width = max(len(s) for s in seqs)
+    return torch.tensor([[value] * (width - len(s)) + s for s in seqs])
+
+
+def pad_top(rows: list[tuple[list[list[int]], list[list[float]]]]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-row (T, k) top-k ids and log-probabilities → (batch, T_max, k) each, zero-padded
+    (the target mask hides the padding)."""
+    width = max(len(ids) for ids, _ in rows)
+    k = max((len(top) for ids, _ in rows for top in ids), default=1)
+    top_ids = torch.zeros(len(rows), width, k, dtype=torch.long)
+    top_lp = torch.zeros(len(rows), width, k)
+    for b, (ids, lps) in enumerate(rows):
+        if ids:
+            top_ids[b, : len(ids)] = torch.tensor(ids)
+            top_lp[b, : len(lps)] = torch.tensor(lps)
+    return top_ids, top_lp
 
 
 def length_mask(seqs: list[list[int]]) -> torch.Tensor:
@@ -169,6 +194,12 @@ class MultiTaskSchedule:
                 item["token_type_ids"] = pad([task.token_type_ids[j] for j in idx], 0)
             if task.target_ids is not None:
                 item["target_ids"] = pad([task.target_ids[j] for j in idx], IGNORE_INDEX)
+            if task.decoder_prompt_ids is not None:
+                prompts = [task.decoder_prompt_ids[j] for j in idx]
+                item["decoder_prompt_ids"] = left_pad(prompts, 0)
+                item["decoder_prompt_mask"] = left_pad([[1] * len(p) for p in prompts], 0)
+            if task.target_top is not None:
+                item["top_ids"], item["top_logprobs"] = pad_top([task.target_top[j] for j in idx])
             rows = torch.tensor(idx)
             item.update({key: values[rows] for key, values in task.row_targets.items()})
             out[task.name] = item

@@ -23,6 +23,33 @@ SPLITS = ("train", "validation", "test")
 
 
 @dataclass
+class DecodingConfig:
+    """How the student writes a summary at eval. Degeneration is always also measured on plain
+    greedy output, so a setting that hides a loop (no_repeat_ngram_size) cannot hide it there."""
+
+    num_beams: int = 1
+    no_repeat_ngram_size: int = 0
+    length_penalty: float = 1.0
+    """Beam search only: > 1 favours longer summaries, < 1 shorter."""
+
+    def __post_init__(self) -> None:
+        if self.num_beams < 1 or self.no_repeat_ngram_size < 0:
+            raise ConfigError("decoding.num_beams: must be >= 1; no_repeat_ngram_size: must be >= 0")
+
+    @property
+    def greedy(self) -> bool:
+        return self.num_beams == 1 and self.no_repeat_ngram_size == 0
+
+    def generate_kwargs(self) -> dict[str, Any]:
+        kwargs: dict[str, Any] = {"num_beams": self.num_beams}
+        if self.no_repeat_ngram_size:
+            kwargs["no_repeat_ngram_size"] = self.no_repeat_ngram_size
+        if self.num_beams > 1:
+            kwargs["length_penalty"] = self.length_penalty
+        return kwargs
+
+
+@dataclass
 class TaskConfig:
     """One task; its kind (distill/tasks/) decides which fields it reads."""
 
@@ -57,6 +84,8 @@ class TaskConfig:
     soft_weight: float | None = None
     kd_temperature: float | None = None
     """Per-task overrides of train.soft_weight and train.kd_temperature."""
+    decoding: DecodingConfig | None = None
+    """Summarization: how the student decodes this task's summaries (default: eval.decoding)."""
 
     def __post_init__(self) -> None:
         from distill.tasks import kind_class
@@ -107,6 +136,14 @@ class TeacherConfig:
     which has no tokenizer, counts 4 characters per token."""
     max_new_tokens: int = 64
     """Summary length limit."""
+    summary_top_k: int = 0
+    """Keep, with every summary, the teacher's own tokens and its top-k log-probabilities at each
+    of them (token-level KD for a student that shares the teacher's vocabulary). local: exact,
+    from the logits; openai: from ``top_logprobs`` (k <= 20), mapped to ids by ``tokenizer``.
+    0: text only."""
+    tokenizer: str | None = None
+    """openai with summary_top_k: a local tokenizer (bundled alias or folder) with the served
+    model's vocabulary, to turn the endpoint's token strings into ids."""
     dtype: Literal["float32", "bfloat16"] = "float32"
     """local only."""
     device: Literal["auto", "cpu", "cuda"] = "auto"
@@ -177,6 +214,15 @@ class TeacherConfig:
             raise ConfigError("teach.teacher.mode: batch needs backend: openai")
         if self.top_logprobs > 20:
             raise ConfigError("teach.teacher.top_logprobs: OpenAI-compatible endpoints accept at most 20")
+        if self.summary_top_k < 0 or (self.backend == "openai" and self.summary_top_k > 20):
+            raise ConfigError(
+                "teach.teacher.summary_top_k: must be >= 0 (and <= 20 for an OpenAI-compatible endpoint)"
+            )
+        if self.backend == "openai" and self.summary_top_k and not self.tokenizer:
+            raise ConfigError(
+                "teach.teacher.summary_top_k with backend: openai needs teach.teacher.tokenizer "
+                "(the served model's vocabulary) to turn token strings into ids"
+            )
         if self.max_cost is not None and None in (self.price_input_per_mtok, self.price_output_per_mtok):
             raise ConfigError(
                 "teach.teacher.max_cost: needs price_input_per_mtok and price_output_per_mtok "
@@ -227,6 +273,41 @@ class TeachConfig:
 
 
 @dataclass
+class WarmupConfig:
+    """One-time pre-training of the summarization decoder on the bundled unlabeled text (every
+    train-split document of the pipeline's summarization tasks, references unused), cached by
+    content under distill's home, so every run with the same student starts from it
+    (distill/warmup.py). bert2bert: denoising (the encoder reads a span with tokens masked, the
+    decoder writes its start); teacher_layers: recovery of the cut (next-token loss plus
+    DistilBERT's cosine loss to the teacher's last hidden states)."""
+
+    steps: int = 0
+    """0: no warm-up."""
+    extra_text: dict[str, str] = field(default_factory=dict)
+    """More unlabeled text: JSONL file → the field holding the text (e.g. another bundled set's
+    train split). Never an eval split: the student must not have read the rows it is scored on."""
+    batch_size: int = 8
+    length: int = 128
+    """Tokens per span."""
+    target_length: int = 32
+    """bert2bert: tokens of the span the decoder writes."""
+    mask_rate: float = 0.15
+    """bert2bert: share of the encoder's tokens masked."""
+    hidden_weight: float = 1.0
+    """teacher_layers: weight of 1 − cos(student, teacher) last hidden states."""
+    lr: float = 2.0e-4
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if min(self.steps, self.batch_size - 1, self.length - 8, self.target_length - 1) < 0:
+            raise ConfigError(
+                "train.student.warmup: steps >= 0, batch_size >= 1, length >= 8, target_length >= 1"
+            )
+        if not 0.0 <= self.mask_rate < 1.0 or self.hidden_weight < 0 or self.lr <= 0:
+            raise ConfigError("train.student.warmup: mask_rate in [0, 1), hidden_weight >= 0, lr > 0")
+
+
+@dataclass
 class StudentConfig:
     encoder: str = "all-minilm-l6-v2"
     """A bundled alias (all-minilm-l6-v2), a local BERT-style folder, or a hub name."""
@@ -244,10 +325,38 @@ class StudentConfig:
     """λ_adv: weight of the task discriminator's loss."""
     orthogonality_weight: float = 0.01
     """γ: weight of ‖SᵀH‖²_F between shared and private features."""
+    summarizer: Literal["bert2bert", "teacher_layers"] = "bert2bert"
+    """The summarization module (distill/decoders.py). bert2bert: a decoder warm-started from the
+    encoder's weights, cross-attending to the shared encoder. teacher_layers: a decoder-only
+    student cut from the teacher's own layers, reading the teacher's prompt in the teacher's
+    vocabulary and the shared encoder through ``bridge``."""
+    decoder_source: str | None = None
+    """teacher_layers: the model whose layers seed the decoder (a bundled alias or folder);
+    None: teach.teacher.model (needs a local teacher)."""
+    decoder_layers: int = 4
+    """teacher_layers: layers kept (the first and last always among them)."""
+    layer_choice: Literal["block_influence", "uniform"] = "block_influence"
+    """teacher_layers: how the middle layers are chosen: the largest block influence
+    (1 − cos(input, output), measured on training prompts) or evenly spaced."""
+    decoder_vocab: Literal["corpus", "full"] = "corpus"
+    """teacher_layers: output vocabulary: the tokens of the training corpus (plus every byte), or
+    the teacher's whole vocabulary."""
+    warmup: WarmupConfig = field(default_factory=WarmupConfig)
+    bridge: bool = True
+    """teacher_layers: add the shared encoder's pooled state (through a zero-initialised linear map)
+    to every prompt token's embedding, so the summarization loss trains the shared encoder too;
+    false: the decoder does not read the shared encoder."""
 
     def __post_init__(self) -> None:
         if self.adversarial_weight < 0 or self.orthogonality_weight < 0:
             raise ConfigError("train.student.adversarial_weight and orthogonality_weight: must be >= 0")
+        if self.decoder_layers < 2:
+            raise ConfigError("train.student.decoder_layers: must be >= 2")
+        if self.summarizer == "teacher_layers" and self.sharing != "hard":
+            raise ConfigError(
+                "train.student.summarizer: teacher_layers reads the shared encoder through its bridge "
+                "only; it supports sharing: hard"
+            )
 
 
 WEIGHTING_METHODS = ("static", "uncertainty", "dwa", "rlw", "famo", "gradnorm", "pcgrad")
@@ -323,6 +432,10 @@ class TrainConfig:
     summary_targets: Literal["teacher", "reference"] = "teacher"
     """What the decoder learns to write: the teacher's summaries (sequence-level KD) or the gold
     references (the no-teacher baseline)."""
+    token_kd_weight: float = 0.0
+    """Summaries, for a student with the teacher's vocabulary (summarizer: teacher_layers) and
+    teach outputs with the teacher's top-k (teach.teacher.summary_top_k): loss = (1 − w) · CE on the
+    teacher's tokens + w · KL(teacher top-k ‖ student) per token (token-level KD)."""
     gradient_accumulation_steps: int = 1
     """Micro-batches per optimizer step (DeepSpeed's train_batch_size = micro × this × world)."""
     group_by_length: bool = True
@@ -344,6 +457,8 @@ class TrainConfig:
             )
         if self.steps is not None and self.steps < 1:
             raise ConfigError("train.steps: must be >= 1")
+        if not 0.0 <= self.token_kd_weight <= 1.0:
+            raise ConfigError("train.token_kd_weight: must be within [0, 1]")
         if self.sampling_temperature <= 0:
             raise ConfigError("train.sampling_temperature: must be > 0")
         method = self.weighting.method
@@ -364,6 +479,8 @@ class EvalConfig:
     batch_size: int = 32
     """Student batch for the quality metrics."""
     max_new_tokens: int = 64
+    decoding: DecodingConfig = field(default_factory=DecodingConfig)
+    """The student's summary decoding (a task's own ``decoding`` overrides it)."""
     device: Literal["auto", "cpu", "cuda"] = "auto"
     """Where both models run (student and local teacher alike), so their speeds compare."""
     speed_batch_size: int = 8
@@ -473,6 +590,43 @@ class PipelineConfig:
             raise ConfigError(
                 f"eval.split: {self.eval.split!r} must be among teach.splits to compare with the teacher"
             )
+        self._check_summarizer()
+
+    def _check_summarizer(self) -> None:
+        student, teacher = self.train.student, self.teach.teacher
+        if student.summarizer == "teacher_layers" and student.decoder_source is None:
+            if teacher.backend != "local":
+                raise ConfigError(
+                    "train.student.decoder_source: the teacher is an API; name a local model whose "
+                    "layers seed the decoder (with the served model's vocabulary for token-level KD)"
+                )
+            student.decoder_source = teacher.model
+        if self.train.token_kd_weight > 0:
+            if student.summarizer != "teacher_layers":
+                raise ConfigError(
+                    "train.token_kd_weight: token-level KD needs the teacher's vocabulary "
+                    "(train.student.summarizer: teacher_layers)"
+                )
+            if teacher.summary_top_k == 0:
+                raise ConfigError(
+                    "train.token_kd_weight: needs the teacher's per-token top-k "
+                    "(teach.teacher.summary_top_k > 0)"
+                )
+        if self.train.token_kd_weight > 0 and not self.decoder_reads_teacher_tokens:
+            vocabulary = teacher.model if teacher.backend == "local" else teacher.tokenizer
+            raise ConfigError(
+                f"train.token_kd_weight: the decoder ({student.decoder_source!r}) must have the teacher's "
+                f"own vocabulary ({vocabulary!r}) to learn its per-token distributions"
+            )
+
+    @property
+    def decoder_reads_teacher_tokens(self) -> bool:
+        """Whether the summarizer's vocabulary is the teacher's (decoder_source is the teacher, or
+        for an API teacher its teach.teacher.tokenizer): then it learns the teacher's own tokens;
+        otherwise it re-tokenizes the teacher's text."""
+        student, teacher = self.train.student, self.teach.teacher
+        vocabulary = teacher.model if teacher.backend == "local" else teacher.tokenizer
+        return student.summarizer == "teacher_layers" and student.decoder_source == vocabulary
 
     @property
     def path(self) -> Path:

@@ -20,7 +20,7 @@ def load_split(task: TaskConfig, split: str) -> list[Example]:
     source = task.data.get(split)
     if source is None:
         raise DistillError(f"task {task.name}: no {split} split in data")
-    rows = _read(source, split, task.name)
+    rows = read_rows(source, split, task.name)
     limit = task.max_rows.get(split)
     if limit is not None:
         rows = rows[:limit]
@@ -43,7 +43,7 @@ def source_fingerprint(source: str) -> str:
     return digest.hexdigest()
 
 
-def _read(source: str, split: str, task_name: str) -> list[dict[str, Any]]:
+def read_rows(source: str, split: str, task_name: str) -> list[dict[str, Any]]:
     import datasets
 
     datasets.disable_progress_bars()

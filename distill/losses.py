@@ -70,6 +70,24 @@ def sequence_kd_loss(
     return F.cross_entropy(logits.float().flatten(0, 1), target_ids.flatten(), ignore_index=ignore_index)
 
 
+def token_kd_loss(
+    logits: torch.Tensor, top_ids: torch.Tensor, top_logprobs: torch.Tensor, mask: torch.Tensor
+) -> torch.Tensor:
+    """KL(teacher ‖ student) per summary token over the teacher's top-k tokens (token-level KD).
+
+    logits: (batch, T, vocab) student; top_ids, top_logprobs: (batch, T, k) the teacher's k most
+    likely next tokens (student ids) and their log-probabilities; mask: (batch, T) real tokens.
+    The teacher's top-k is renormalised to a distribution p; the student's full softmax q is
+    read at those ids: Σ_j p_j (log p_j − log q_j). Mean over real tokens. A listed id may
+    repeat nowhere; padding rows of top_logprobs may be -inf (they are masked).
+    """
+    p_log = top_logprobs.float().log_softmax(-1)  # (batch, T, k)
+    q_log = logits.float().log_softmax(-1).gather(-1, top_ids)  # (batch, T, k)
+    p_log = torch.where(mask.unsqueeze(-1), p_log, 0.0)
+    per_token = (p_log.exp() * (p_log - torch.where(mask.unsqueeze(-1), q_log, 0.0))).sum(-1)
+    return (per_token * mask).sum() / mask.sum().clamp(min=1)
+
+
 def weighted_total(losses: dict[str, torch.Tensor], weights: dict[str, float]) -> torch.Tensor:
     """Σ_task weight_task · loss_task over the tasks present in ``losses``."""
     return sum(weights.get(task, 1.0) * loss for task, loss in losses.items())  # type: ignore[return-value]

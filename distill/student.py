@@ -53,6 +53,12 @@ class StudentSpec:
     adversarial_weight: float = 0.05
     orthogonality_weight: float = 0.01
     """λ_adv and γ of the adversarial sharing losses (Liu, Qiu & Huang 2017)."""
+    summarizer: str = "bert2bert"
+    """bert2bert | teacher_layers (distill/decoders.py)."""
+    decoder_source: str | None = None
+    decoder_layers: list[int] | None = None
+    """teacher_layers: the model the decoder was cut from, and which of its layers it kept."""
+    bridge: bool = False
     training: dict[str, Any] | None = None
     """How train made these weights (hard_labels, soft_weight, kd_temperature,
     teach_outputs_sha256, cut_summaries, steps, sampling, weighting); None for a student never
@@ -71,11 +77,17 @@ class Student(nn.Module):
     """forward(task, **batch) → {"logits": …} plus, under adversarial sharing, the auxiliary
     losses "adversarial" and "orthogonality" (already weighted by λ_adv and γ)."""
 
-    def __init__(self, spec: StudentSpec, backbone: nn.Module):
+    def __init__(
+        self, spec: StudentSpec, backbone: nn.Module, summarizer: nn.Module | None = None, codec: Any = None
+    ):
         super().__init__()
         self.spec = spec
-        # An EncoderDecoderModel when there is a summarization task, else a bare encoder.
+        # An EncoderDecoderModel when a bert2bert decoder summarizes, else a bare encoder.
         self.backbone = backbone
+        # teacher_layers: the decoder-only summarizer and its text ↔ ids codec.
+        self.summarizer = summarizer
+        self.codec = codec
+        self.warmup_record: dict[str, Any] | None = None
         config = self.encoder.config
         hidden = config.hidden_size
         width = 2 * hidden if spec.private else hidden  # a head reads [shared; private]
@@ -100,7 +112,9 @@ class Student(nn.Module):
 
     @property
     def encoder(self) -> nn.Module:
-        return self.backbone.encoder if self.spec.decoder_config else self.backbone
+        return (
+            self.backbone.encoder if self.spec.decoder_config and self.summarizer is None else self.backbone
+        )
 
     def shared_parameters(self) -> list[nn.Parameter]:
         """Parameters every task reaches: the shared encoder's."""
@@ -171,7 +185,15 @@ class Student(nn.Module):
         states = shared if private is None else shared + private
         return BaseModelOutput(last_hidden_state=states), shared, private
 
-    def _summary(self, task, input_ids, attention_mask, target_ids) -> dict[str, torch.Tensor]:
+    def _summary(self, task, input_ids, attention_mask, target_ids, **prompt) -> dict[str, torch.Tensor]:
+        if self.summarizer is not None:
+            shared, _ = self._features(task, input_ids, attention_mask, None)
+            pooled = mean_pool(shared, attention_mask)  # (batch, hidden): what the bridge reads
+            return {
+                "logits": self.summarizer(
+                    prompt["decoder_prompt_ids"], prompt["decoder_prompt_mask"], pooled, target_ids
+                )
+            }
         config = self.backbone.config
         decoder_input_ids, decoder_mask = decoder_inputs(
             target_ids, config.decoder_start_token_id, config.pad_token_id
@@ -193,19 +215,40 @@ class Student(nn.Module):
 
     def forward(self, task: str, **batch: torch.Tensor) -> dict[str, torch.Tensor]:
         if self.spec.tasks[task]["labels"] is None:
-            return self._summary(task, batch["input_ids"], batch["attention_mask"], batch["target_ids"])
+            prompt = {k: batch[k] for k in ("decoder_prompt_ids", "decoder_prompt_mask") if k in batch}
+            return self._summary(
+                task, batch["input_ids"], batch["attention_mask"], batch["target_ids"], **prompt
+            )
         return self._classify(task, batch["input_ids"], batch["attention_mask"], batch.get("token_type_ids"))
 
     @torch.inference_mode()
     def summarize(
-        self, task: str, input_ids: torch.Tensor, attention_mask: torch.Tensor, max_new_tokens: int
+        self,
+        task: str,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        max_new_tokens: int,
+        decoding: dict[str, Any] | None = None,
+        prompt: dict[str, torch.Tensor] | None = None,
     ) -> torch.Tensor:
+        """(batch, new) generated ids; ``decoding``: generate options (num_beams,
+        no_repeat_ngram_size, length_penalty); ``prompt``: decoder_prompt_ids/mask for a
+        teacher-layers summarizer."""
+        decoding = decoding or {"num_beams": 1}
+        if self.summarizer is not None:
+            assert prompt is not None
+            shared, _ = self._features(task, input_ids, attention_mask, None)
+            return self.summarizer.generate(
+                prompt["decoder_prompt_ids"],
+                prompt["decoder_prompt_mask"],
+                mean_pool(shared, attention_mask),
+                max_new_tokens,
+                self.codec.stop_student_ids,
+                **decoding,
+            )
         encoded, _, _ = self._encoder_outputs(task, input_ids, attention_mask)
         return self.backbone.generate(
-            encoder_outputs=encoded,
-            attention_mask=attention_mask,
-            max_new_tokens=max_new_tokens,
-            num_beams=1,
+            encoder_outputs=encoded, attention_mask=attention_mask, max_new_tokens=max_new_tokens, **decoding
         )
 
 
@@ -257,25 +300,45 @@ def _set_special_tokens(model: Any, tokenizer: Any, encoder: str) -> None:
     model.config.decoder.pad_token_id = tokenizer.pad_token_id
 
 
-def build_student(cfg: StudentConfig, tasks: list[Any]) -> tuple[Student, Any]:
-    """A fresh student warm-started from the pretrained encoder (decoder included)."""
+def build_student(
+    cfg: StudentConfig,
+    tasks: list[Any],
+    corpus: dict[str, list[dict[str, Any]]] | None = None,
+    unlabeled: list[str] | None = None,
+) -> tuple[Student, Any]:
+    """A fresh student warm-started from the pretrained encoder, and a summarization decoder:
+    the encoder's own weights (bert2bert) or the teacher's layers (teacher_layers, cut by
+    measurements on ``corpus``: task name → teach train rows). With ``cfg.warmup.steps`` the
+    summarization path is then warmed up on ``unlabeled`` text (cached; distill/warmup.py) and
+    the record kept in ``student.warmup_record``."""
     from transformers import AutoModel, AutoTokenizer, EncoderDecoderModel
 
     path = resolve_encoder(cfg.encoder)
+    writes = [t for t in tasks if t.generates_text]
+    summarizer = codec = layers = None
     try:
         tokenizer = AutoTokenizer.from_pretrained(path)
-        if any(t.generates_text for t in tasks):
+        if writes and cfg.summarizer == "bert2bert":
             backbone = EncoderDecoderModel.from_encoder_decoder_pretrained(path, path)
             _set_special_tokens(backbone, tokenizer, cfg.encoder)
         else:
             backbone = AutoModel.from_pretrained(path)
     except OSError as e:
         raise DistillError(f"student.encoder {cfg.encoder!r}: cannot load ({e})") from None
+    if writes and cfg.summarizer == "teacher_layers":
+        from distill.decoders import cut_teacher
+
+        rows = [(t.instruction, r) for t in writes for r in (corpus or {}).get(t.name, [])]
+        extra = unlabeled if cfg.warmup.steps else []
+        summarizer, codec, layers = cut_teacher(cfg, rows, backbone.config.hidden_size, extra)
     has_decoder = hasattr(backbone, "decoder")
     spec = StudentSpec(
         tasks={t.name: t.student_entry() for t in tasks},
         encoder_config=(backbone.config.encoder if has_decoder else backbone.config).to_dict(),
-        decoder_config=backbone.config.decoder.to_dict() if has_decoder else None,
+        decoder_config=(
+            backbone.config.decoder.to_dict() if has_decoder
+            else summarizer.lm.config.to_dict() if summarizer is not None else None
+        ),
         max_length=cfg.max_length,
         max_document_length=cfg.max_document_length,
         max_summary_length=cfg.max_summary_length,
@@ -285,39 +348,66 @@ def build_student(cfg: StudentConfig, tasks: list[Any]) -> tuple[Student, Any]:
         private_feedforward=cfg.private_feedforward,
         adversarial_weight=cfg.adversarial_weight,
         orthogonality_weight=cfg.orthogonality_weight,
-    )
-    return Student(spec, backbone), tokenizer
+        summarizer=cfg.summarizer if writes else "bert2bert",
+        decoder_source=cfg.decoder_source if summarizer is not None else None,
+        decoder_layers=layers,
+        bridge=cfg.bridge and summarizer is not None,
+    )  # fmt: skip
+    student = Student(spec, backbone, summarizer, codec)
+    if writes and cfg.warmup.steps:
+        from distill.warmup import warm_up
+
+        student.warmup_record = warm_up(student, tokenizer, cfg, unlabeled or [])
+    return student, tokenizer
+
+
+def _config(data: dict[str, Any]) -> Any:
+    from transformers import AutoConfig
+
+    data = dict(data)
+    return AutoConfig.for_model(data.pop("model_type"), **data)
 
 
 def _backbone_from_spec(spec: StudentSpec, tokenizer: Any) -> nn.Module:
-    from transformers import AutoConfig, AutoModel, EncoderDecoderConfig, EncoderDecoderModel
+    from transformers import AutoModel, EncoderDecoderConfig, EncoderDecoderModel
 
-    def config(data: dict[str, Any]) -> Any:
-        data = dict(data)
-        return AutoConfig.for_model(data.pop("model_type"), **data)
-
-    if spec.decoder_config is None:
-        return AutoModel.from_config(config(spec.encoder_config))
+    if spec.decoder_config is None or spec.summarizer == "teacher_layers":
+        return AutoModel.from_config(_config(spec.encoder_config))
     full = EncoderDecoderConfig.from_encoder_decoder_configs(
-        config(spec.encoder_config), config(spec.decoder_config)
+        _config(spec.encoder_config), _config(spec.decoder_config)
     )
     model = EncoderDecoderModel(config=full)
     _set_special_tokens(model, tokenizer, spec.encoder_source)
     return model
 
 
+def _summarizer_from_spec(spec: StudentSpec) -> nn.Module | None:
+    if spec.summarizer != "teacher_layers":
+        return None
+    from distill.decoders import CausalSummarizer
+
+    assert spec.decoder_config is not None
+    return CausalSummarizer(_config(spec.decoder_config), spec.encoder_config["hidden_size"], spec.bridge)
+
+
+DECODER_TOKENIZER = "decoder_tokenizer"
+"""Subfolder of a teacher-layers student: the teacher's tokenizer its decoder reads and writes."""
+
+
 def save_student(
-    state_dict: dict[str, torch.Tensor], spec: StudentSpec, tokenizer: Any, folder: Path
+    state_dict: dict[str, torch.Tensor], spec: StudentSpec, tokenizer: Any, folder: Path, codec: Any = None
 ) -> None:
-    """Write weights (fp32) + spec + tokenizer; the folder then loads with nothing else."""
+    """Write weights (fp32) + spec + tokenizer(s); the folder then loads with nothing else."""
     from safetensors.torch import save_model
 
     folder.mkdir(parents=True, exist_ok=True)
-    model = Student(spec, _backbone_from_spec(spec, tokenizer))
-    model.load_state_dict({k: v.float() for k, v in state_dict.items()})
+    model = Student(spec, _backbone_from_spec(spec, tokenizer), _summarizer_from_spec(spec))
+    model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in state_dict.items()})
     save_model(model, str(folder / WEIGHTS_FILE))  # handles the decoder's tied embeddings
     (folder / SPEC_FILE).write_text(json.dumps(asdict(spec), indent=2) + "\n")
     tokenizer.save_pretrained(folder)
+    if codec is not None:
+        codec.tokenizer.save_pretrained(folder / DECODER_TOKENIZER)
 
 
 def load_student(folder: str | Path) -> tuple[Student, Any]:
@@ -337,8 +427,14 @@ def load_student(folder: str | Path) -> tuple[Student, Any]:
             )
         spec = StudentSpec(**data)
         tokenizer = AutoTokenizer.from_pretrained(folder)
-        model = Student(spec, _backbone_from_spec(spec, tokenizer))
+        model = Student(spec, _backbone_from_spec(spec, tokenizer), _summarizer_from_spec(spec))
         load_model(model, str(folder / WEIGHTS_FILE))
+        if model.summarizer is not None:
+            from distill.decoders import codec_for
+
+            model.codec = codec_for(
+                AutoTokenizer.from_pretrained(folder / DECODER_TOKENIZER), model.summarizer
+            )
     except (OSError, ValueError, TypeError, RuntimeError, SafetensorError) as e:
         raise DistillError(f"{folder}: corrupt student folder ({e})") from None
     return model.eval(), tokenizer

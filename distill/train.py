@@ -146,6 +146,9 @@ def token_counts(batch: dict[str, dict[str, torch.Tensor]]) -> tuple[int, int]:
         if "target_ids" in tensors:
             real += int((tensors["target_ids"] != IGNORE_INDEX).sum())
             padded += tensors["target_ids"].numel()
+        if "decoder_prompt_mask" in tensors:  # what a teacher-layers summarizer reads
+            real += int(tensors["decoder_prompt_mask"].sum())
+            padded += tensors["decoder_prompt_mask"].numel()
     return real, padded
 
 
@@ -230,6 +233,19 @@ class Recipe:
         return self.out / "checkpoints"
 
 
+def unlabeled_text(cfg: PipelineConfig, tasks: list[Task]) -> list[str]:
+    """The warm-up's text: the summarization tasks' train documents and warmup.extra_text, never
+    a file any task is evaluated on."""
+    evaluated = {Path(t.data[cfg.eval.split]).resolve() for t in cfg.tasks if cfg.eval.split in t.data}
+    texts = [d for task in tasks for d in task.unlabeled_text()]
+    for path, field_name in cfg.train.student.warmup.extra_text.items():
+        if Path(path).resolve() in evaluated:
+            raise ConfigError(f"train.student.warmup.extra_text: {path} is an eval split")
+        rows = read_jsonl(Path(path))
+        texts += [r[field_name] for r in rows if isinstance(r.get(field_name), str) and r[field_name].strip()]
+    return texts
+
+
 def setup(cfg: PipelineConfig, resume: bool, timer: Timer) -> Recipe:
     """Student, data, batch schedule, weighting, optimizer and the DeepSpeed engine."""
     import deepspeed
@@ -243,16 +259,23 @@ def setup(cfg: PipelineConfig, resume: bool, timer: Timer) -> Recipe:
         shutil.rmtree(ckpt_dir)  # a fresh run must not resume from, or mix with, an old one
     torch.manual_seed(tc.seed)
     tasks = {t.name: t for t in tasks_for(cfg)}
+    corpus = {}
+    for task in tasks.values():
+        corpus[task.name] = read_jsonl(output_path(cfg, task.name, "train"))
+        if not corpus[task.name]:
+            raise DistillError(f"task {task.name}: the teacher's train output is empty")
+        if not cfg.decoder_reads_teacher_tokens:  # another vocabulary: the text is what it learns
+            for row in corpus[task.name]:
+                row.pop("teacher_tokens", None)
+    unlabeled = unlabeled_text(cfg, list(tasks.values())) if tc.student.warmup.steps else []
     with timer.section("build_student"):
-        student, tokenizer = build_student(tc.student, list(tasks.values()))
+        student, tokenizer = build_student(tc.student, list(tasks.values()), corpus, unlabeled)
     with timer.section("tokenize"):
         teach_sha = outputs_sha256(cfg, "train")
-        tensors = []
-        for task in tasks.values():
-            rows = read_jsonl(output_path(cfg, task.name, "train"))
-            if not rows:
-                raise DistillError(f"task {task.name}: the teacher's train output is empty")
-            tensors.append(task.tensors(rows, tokenizer, student.spec, tc))
+        tensors = [
+            task.tensors(corpus[task.name], tokenizer, student.spec, tc, student.codec)
+            for task in tasks.values()
+        ]
     schedule = MultiTaskSchedule(tensors, tc.seed, dist.rank(), dist.world_size(), tc.group_by_length)
     plan = _plan(schedule, tc)
     if tc.sampling != "all":
@@ -369,9 +392,11 @@ def export(recipe: Recipe, total_steps: int) -> None:
         "weighting": tc.weighting.method,
         "seed": tc.seed,
         "steps": total_steps,
+        "token_kd_weight": tc.token_kd_weight,
+        "warmup": recipe.student.warmup_record,
     }
     spec = dataclasses.replace(recipe.student.spec, training=training)
-    save_student(student_state, spec, recipe.tokenizer, recipe.out / "student")
+    save_student(student_state, spec, recipe.tokenizer, recipe.out / "student", recipe.student.codec)
 
 
 def run(cfg: PipelineConfig, resume: bool = False) -> dict[str, Any]:

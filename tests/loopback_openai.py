@@ -10,6 +10,12 @@ Its "model" reads the text after ``Text:``: a review with more GOOD words than B
 is ``great`` (top tokens " great" 0.6, "Great" 0.1, " other" 0.2, " the" 0.1), else
 ``other`` (mirrored), so the right soft label of every item is known:
 great 0.7/0.9, other 0.2/0.9, label mass 0.9.
+
+A summary is the document's first six words. Asked for ``logprobs``, it lists the summary's
+tokens under ``tokenizer`` (a byte-level BPE transformers tokenizer; without one, each word is a
+token), each followed by the first ``top_logprobs - 1`` other tokens of ``ALTERNATIVES``, at
+probabilities 1/2, 1/4, 1/8 …; faults ``nologprobs`` (none), ``nobytes`` (``bytes`` null) and
+``badtoken`` (the second token is ``BAD_TOKEN``, in no vocabulary).
 """
 
 from __future__ import annotations
@@ -30,6 +36,9 @@ TOP = {"great": [(" great", 0.6), ("Great", 0.1), (" other", 0.2), (" the", 0.1)
 TOP["other"] = [(" other", 0.6), ("Other", 0.1), (" great", 0.2), (" the", 0.1)]
 EXPECTED = {"great": [0.7 / 0.9, 0.2 / 0.9], "other": [0.2 / 0.9, 0.7 / 0.9]}
 """The distribution over (great, other) that each answer should become."""
+ALTERNATIVES = " the and of to a in is it that was for on with as at by from this be or an are not but"
+"""Text whose tokens are a summary token's listed alternatives, in order (more than 20 distinct)."""
+BAD_TOKEN = "<no such token>"
 
 
 def judge(content: str) -> str:
@@ -54,12 +63,16 @@ class LoopbackOpenAI:
         logprobs: bool = True,
         hang_s: float = 5.0,
         batch_polls: int = 2,
+        tokenizer: Any = None,
     ):
         self.latency_s = latency_s
         self.api_key = api_key
         self.logprobs = logprobs
         self.hang_s = hang_s
         self.batch_polls = batch_polls
+        self.tokenizer = tokenizer
+        """Spells summary tokens when logprobs are asked (settable, like ``logprobs``)."""
+        self._tokenizer_lock = threading.Lock()  # separate: batches answer under self.lock
         self.hold_batches = False
         """While True, batches stay in_progress (to kill a client mid-job)."""
         self.faults: dict[str, list[str]] = {}
@@ -193,8 +206,12 @@ class LoopbackOpenAI:
             words = prompt.split("\n\n", 1)[-1].split()[:6]
             cut = max_tokens < len(words)
             usage["completion_tokens"] = min(len(words), max_tokens)
-            choices = [self._choice(0, " ".join(words[:max_tokens]), "length" if cut else "stop")]
-            return self._completion_object(body, choices, usage)
+            choice = self._choice(0, " ".join(words[:max_tokens]), "length" if cut else "stop")
+            if body.get("logprobs") and self.logprobs and fault != "nologprobs":
+                k = body.get("top_logprobs") or 1
+                content = self.summary_logprobs(choice["message"]["content"], k, fault)
+                choice["logprobs"] = {"content": content, "refusal": None}
+            return self._completion_object(body, [choice], usage)
         label = judge(prompt)
         top = TOP[label]
         if fault == "outside":
@@ -217,6 +234,32 @@ class LoopbackOpenAI:
             choices = [self._choice(i, t, "stop") for i, t in enumerate(texts)]
         usage["completion_tokens"] = len(choices)
         return self._completion_object(body, choices, usage)
+
+    def token_pieces(self, text: str) -> list[bytes]:
+        """``text`` as its tokens' bytes."""
+        if self.tokenizer is None:
+            return [w.encode() for w in text.replace(" ", "\0 ").split("\0")]
+        from transformers.convert_slow_tokenizer import bytes_to_unicode
+
+        with self._tokenizer_lock:
+            ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
+            tokens = self.tokenizer.convert_ids_to_tokens(ids)
+        byte_of = {c: b for b, c in bytes_to_unicode().items()}
+        return [bytes(byte_of[c] for c in token) for token in tokens]
+
+    def summary_logprobs(self, text: str, k: int, fault: str | None) -> list[dict[str, Any]]:
+        pool = list(dict.fromkeys(self.token_pieces(ALTERNATIVES)))
+        content = []
+        for piece in self.token_pieces(text):
+            listed = [piece] + [p for p in pool if p != piece][: k - 1]
+            entries = [_token_entry(p, math.log(0.5 ** (j + 1)), fault) for j, p in enumerate(listed)]
+            content.append({**entries[0], "top_logprobs": entries})
+        if fault == "badtoken":
+            content[1] = {
+                **_token_entry(BAD_TOKEN.encode(), -0.1, None),
+                "top_logprobs": content[1]["top_logprobs"],
+            }
+        return content
 
     @staticmethod
     def _choice(index: int, text: str, finish: str) -> dict[str, Any]:
@@ -336,6 +379,15 @@ class LoopbackOpenAI:
             if marker in prompt and actions:
                 return actions[0].split(":", 1)[1] if actions[0].startswith("always:") else actions.pop(0)
         return None
+
+
+def _token_entry(piece: bytes, logprob: float, fault: str | None) -> dict[str, Any]:
+    """As OpenAI writes a token: its text, or for part of a UTF-8 character 'bytes:\\xe2\\x98'."""
+    try:
+        token = piece.decode()
+    except UnicodeDecodeError:
+        token = "bytes:" + "".join(f"\\x{b:02x}" for b in piece)
+    return {"token": token, "logprob": logprob, "bytes": None if fault == "nobytes" else list(piece)}
 
 
 def main() -> None:

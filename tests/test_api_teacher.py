@@ -229,6 +229,189 @@ def test_batch_mode_survives_a_kill_and_rerun_retries_only_failures(tmp_path, ti
     assert_key_never_written(tmp_path)
 
 
+# -- summary tokens and their top-k log-probabilities (teacher.summary_top_k) -------------------
+SUMMARIZE = "Summarize the following text in two or three sentences.\n\n"
+LOG_HALVES = [math.log(0.5), math.log(0.25), math.log(0.125)]
+
+
+@pytest.fixture(scope="module")
+def smol_tokenizer():
+    """The bundled SmolLM2 tokenizer (byte-level BPE), offline."""
+    from transformers import AutoTokenizer
+
+    from distill.assets import resolve_teacher
+
+    return AutoTokenizer.from_pretrained(resolve_teacher("smollm2-135m-instruct"))
+
+
+def token_teacher(url: str, **overrides):
+    from distill.config import TeacherConfig
+    from distill.teacher.api import APITeacher
+
+    settings = {
+        "backend": "openai",
+        "base_url": url,
+        "model": "loopback",
+        "api_key_env": "DISTILL_TEST_KEY",
+        "concurrency": 2,
+        "max_retries": 0,
+        "batch_poll_s": 0.05,
+        "summary_top_k": 3,
+        "tokenizer": "smollm2-135m-instruct",
+        **overrides,
+    }
+    return APITeacher(TeacherConfig(**settings))
+
+
+def summaries(teacher, *documents: str) -> list[dict]:
+    from distill.prompts import Prompt
+
+    answers = dict(teacher.summarize([Prompt(head=SUMMARIZE, body=d) for d in documents]))
+    return [answers[i] for i in range(len(documents))]
+
+
+def test_vocabulary_bytes_map_to_the_lowest_id():
+    from distill.teacher.answers import token_byte_ids
+
+    # byte-level BPE: 'Ġ' is a space, 'Ã©' the two bytes of 'é', 'â' the first byte of '☕'
+    tokens = ["<s>", "a", "Ġb", "Ã©", "â", "a", None, "Ġ<s>"]
+    assert token_byte_ids(tokens, {0: "<s>", 7: " <s>"}, byte_level=True) == {
+        b"<s>": 0,
+        b"a": 1,
+        b" b": 2,
+        "é".encode(): 3,
+        b"\xe2": 4,
+        b" <s>": 7,  # an added token is its text, never read through the byte table
+    }
+    assert token_byte_ids(["▁the", "<0x0A>", "x", "▁the"], {}, byte_level=False) == {
+        b" the": 0,
+        b"\n": 1,
+        b"x": 2,
+    }
+
+
+def test_summary_tokens_prefer_bytes_and_name_what_they_cannot_map():
+    from distill.teacher.answers import ItemFailed, summary_tokens
+
+    vocab = {b" caf": 5, b"\xc3": 6, b"\xa9": 7, b"\xc3\xa9": 8, b"!": 9}
+
+    def entry(token, raw, lp, alts=()):
+        alts = [(token, raw, lp), *alts]
+        listed = [{"token": t, "bytes": b, "logprob": v} for t, b, v in alts]
+        return {"token": token, "bytes": raw, "logprob": lp, "top_logprobs": listed}
+
+    # 'é' as two partial tokens: their strings say nothing, their bytes say everything
+    content = [
+        entry(" caf", None, -0.1, [("!", [33], -3.0)]),
+        entry("bytes:\\xc3", [0xC3], -0.2, [("é", None, -2.0)]),
+        entry("bytes:\\xa9", [0xA9], 0.0, [("!", None, -4.0)]),
+    ]
+    tokens = summary_tokens(content, vocab, 2, "café")
+    assert tokens == {
+        "ids": [5, 6, 7],
+        "top_ids": [[5, 9], [6, 8], [7, 9]],
+        "top_logprobs": [[-0.1, -3.0], [-0.2, -2.0], [0.0, -4.0]],
+    }
+    assert summary_tokens(content, vocab, 1, "café")["top_ids"] == [[5], [6], [7]]  # cut to k
+    with pytest.raises(ItemFailed, match="lists 2 alternatives, fewer than teacher.summary_top_k 3"):
+        summary_tokens(content, vocab, 3, "café")
+    with pytest.raises(ItemFailed, match=r"answer token '\?\?'"):
+        summary_tokens([entry("??", None, -0.1)], vocab, 1, "??")
+    with pytest.raises(ItemFailed, match="not the summary"):
+        summary_tokens(content, vocab, 1, "cafe")
+
+
+def test_summary_top_k_tokens_over_http(tmp_path, server, smol_tokenizer):
+    from distill.cache import AnswerCache
+    from distill.prompts import Prompt
+    from distill.teacher import CachedTeacher
+
+    server.tokenizer = smol_tokenizer
+    teacher = token_teacher(server.url)
+    body = teacher.summary_body(Prompt(head=SUMMARIZE, body="x" * 80))
+    assert body["logprobs"] is True and body["top_logprobs"] == 3
+    # '☕' is three bytes that its tokens split; 'é' is two
+    (answer,) = summaries(teacher, "The café served ☕ coffee that was wonderful and fresh")
+    text = "The café served ☕ coffee that"
+    assert answer["text"] == text and answer["finish_reason"] == "stop"
+    ids = answer["tokens"]["ids"]
+    assert ids == smol_tokenizer(text, add_special_tokens=False)["input_ids"]
+    assert smol_tokenizer.decode(ids) == text
+    assert any("\ufffd" in smol_tokenizer.decode([i]) for i in ids)  # a partial character was mapped
+    pool = list(dict.fromkeys(smol_tokenizer(" the and of to", add_special_tokens=False)["input_ids"]))
+    assert answer["tokens"]["top_ids"] == [[i] + [p for p in pool if p != i][:2] for i in ids]
+    assert answer["tokens"]["top_logprobs"] == [LOG_HALVES] * len(ids)  # exactly what was sent
+
+    # an endpoint that sends no bytes (llama.cpp): whole characters still map by their text
+    server.faults = {"nobytes": ["always:nobytes"]}
+    (plain,) = summaries(teacher, "nobytes the coffee arrived and it was fresh")
+    assert (
+        plain["tokens"]["ids"]
+        == smol_tokenizer("nobytes the coffee arrived and it", add_special_tokens=False)["input_ids"]
+    )
+
+    # the answer passes the cache's checks and is served from the cache next time
+    cached = CachedTeacher(teacher, AnswerCache(tmp_path / "cache.sqlite"))
+    prompts = [Prompt(head=SUMMARIZE, body="The café served ☕ coffee that was wonderful")]
+    first = cached.summarize(prompts, "v1")
+    asked = len(server.log)
+    assert cached.summarize(prompts, "v1") == first and len(server.log) == asked
+    assert first[0]["tokens"] == answer["tokens"] and not cached.failures
+
+
+def test_unmappable_token_or_missing_logprobs_fail_only_their_item(tmp_path, server, smol_tokenizer):
+    from distill.cache import AnswerCache
+    from distill.prompts import Prompt
+    from distill.teacher import CachedTeacher
+
+    server.tokenizer = smol_tokenizer
+    server.faults = {"badtoken": ["always:badtoken"], "nologprobs": ["always:nologprobs"]}
+    cached = CachedTeacher(token_teacher(server.url), AnswerCache(tmp_path / "cache.sqlite"))
+    documents = ["good coffee was fresh today", "badtoken coffee was fresh", "nologprobs coffee was fresh"]
+    good, bad, bare = cached.summarize([Prompt(head=SUMMARIZE, body=d) for d in documents], "v1")
+    assert good["text"] == "good coffee was fresh today" and len(good["tokens"]["ids"]) >= 5
+    assert "'<no such token>'" in bad["error"] and "no token of teacher.tokenizer" in bad["error"]
+    assert "returned no logprobs for the summary" in bare["error"]
+    assert len(cached.failures) == 2 and cached.calls == 1
+
+    # without summary_top_k nothing is asked, and the same text comes back without tokens
+    (text_only,) = summaries(token_teacher(server.url, summary_top_k=0), "nologprobs coffee was fresh")
+    assert text_only == {"text": "nologprobs coffee was fresh", "finish_reason": "stop"}
+
+
+def test_summary_top_k_in_batch_mode(tmp_path, server, smol_tokenizer):
+    server.tokenizer = smol_tokenizer
+    server.faults = {"badtoken": ["always:badtoken"]}
+    teacher = token_teacher(server.url, mode="batch")
+    teacher.state_dir = tmp_path
+    answer, bad = summaries(teacher, "wonderful coffee and fresh snacks", "badtoken coffee was fresh")
+    ids = smol_tokenizer("wonderful coffee and fresh snacks", add_special_tokens=False)["input_ids"]
+    assert answer["tokens"]["ids"] == ids and answer["tokens"]["top_logprobs"] == [LOG_HALVES] * len(ids)
+    assert "'<no such token>'" in bad["error"]
+
+
+def test_summary_top_k_is_in_the_cache_key_only_when_asked():
+    from distill.prompts import Prompt
+
+    off = token_teacher("http://127.0.0.1:9/v1", summary_top_k=0, tokenizer=None)
+    # the key of every answer cached before summary_top_k existed
+    assert off.decoding_params() == {
+        "temperature": 0.0,
+        "max_input_chars": 384 * 4,
+        "max_new_tokens": 64,
+        "label_max_tokens": 3,
+        "label_parser": 2,
+        "top_logprobs": 20,
+        "no_logprobs": "samples",
+        "samples": 10,
+        "min_label_mass": 0.05,
+    }
+    assert "logprobs" not in off.summary_body(Prompt(head=SUMMARIZE, body="x" * 80))
+    on = token_teacher("http://127.0.0.1:9/v1", summary_top_k=5)
+    extra = {"summary_top_k": 5, "tokenizer": "smollm2-135m-instruct"}
+    assert on.decoding_params() == off.decoding_params() | extra
+
+
 # -- a real OpenAI-compatible server: llama.cpp serving SmolLM2 ----------------------------------
 def _free_port() -> int:
     with socket.socket() as s:
@@ -313,6 +496,28 @@ def test_llama_cpp_server_teaches_and_the_student_trains_on_it(tmp_path, tiny_en
     assert all(len(r["teacher_summary"].split()) >= 3 for r in papers)
     report = json.loads((cfg.path / "eval" / "report.json").read_text())
     assert report["models"]["teacher"]["api_usage"]["requests"] >= 12 + 8 + 4 + 4
+
+
+@pytest.mark.slow
+def test_llama_cpp_summary_tokens_map_to_the_qwen_vocabulary(llama_server):
+    """llama.cpp sends no bytes; the text of whole-character tokens maps them."""
+    from transformers import AutoTokenizer
+
+    from distill.assets import resolve_teacher
+
+    name = "qwen2.5-coder-0.5b-instruct"
+    teacher = token_teacher(
+        llama_server, model="qwen", tokenizer=name, summary_top_k=5, timeout_s=120, max_new_tokens=24
+    )
+    (answer,) = summaries(
+        teacher, "The coffee arrived fresh and the snacks were tasty, but the box was broken."
+    )
+    assert "error" not in answer, answer
+    tokenizer = AutoTokenizer.from_pretrained(resolve_teacher(name))
+    tokens = answer["tokens"]
+    assert tokenizer.decode(tokens["ids"]).strip() == answer["text"]
+    assert [row[0] for row in tokens["top_ids"]] == tokens["ids"]  # greedy: the chosen token is the top one
+    assert all(len(row) == 5 and row == sorted(row, reverse=True) for row in tokens["top_logprobs"])
 
 
 def test_rate_limiter_never_exceeds_the_limit():

@@ -261,7 +261,12 @@ def test_each_summarization_task_reads_its_own_prefix(bert_tokenizer):
     assert bert_tokenizer.decode(papers.encode(rows, bert_tokenizer, 32)[0], skip_special_tokens=True) == (
         "summarize paper : the council met on monday"
     )
-    assert news.student_entry() == {"kind": "summarization", "labels": None, "prefix": "news: "}
+    assert news.student_entry() == {
+        "kind": "summarization",
+        "labels": None,
+        "prefix": "news: ",
+        "instruction": "Summarize the following text in two or three sentences.",
+    }
 
 
 def test_two_level_bootstrap_replicates_by_hand():

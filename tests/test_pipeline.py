@@ -237,6 +237,8 @@ def test_bf16_sentence_pairs_gold_labels_and_provenance(tmp_path, tiny_encoder, 
         "weighting": "static",
         "seed": 0,
         "steps": 4,
+        "token_kd_weight": 0.0,
+        "warmup": None,
     }
     manifest = json.loads((run_dir / "train" / "manifest.json").read_text())
     teach_manifest = json.loads((run_dir / "teach" / "manifest.json").read_text())

@@ -44,7 +44,12 @@ def test_save_load_round_trip_is_self_contained(tiny_encoder, tmp_path):
     loaded, loaded_tok = load_student(folder)
     assert json.loads((folder / "student.json").read_text())["tasks"] == {
         "reviews": {"kind": "classification", "labels": ["a", "b", "c"], "prefix": None},
-        "papers": {"kind": "summarization", "labels": None, "prefix": "papers: "},
+        "papers": {
+            "kind": "summarization",
+            "labels": None,
+            "prefix": "papers: ",
+            "instruction": "Summarize the following text in two or three sentences.",
+        },
     }
     x = tokenizer(["good coffee", "stale and bland snack"], return_tensors="pt", padding=True)
     with torch.no_grad():

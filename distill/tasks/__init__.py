@@ -88,9 +88,19 @@ class Task:
         """What the student's spec records for this task: kind, label names, input prefix."""
         raise NotImplementedError
 
+    def unlabeled_text(self) -> list[str]:
+        """Text of this task's train split usable without labels (a summarizer's warm-up)."""
+        return []
+
     def tensors(
-        self, rows: list[dict[str, Any]], tokenizer: Any, spec: StudentSpec, train: TrainConfig
+        self,
+        rows: list[dict[str, Any]],
+        tokenizer: Any,
+        spec: StudentSpec,
+        train: TrainConfig,
+        codec: Any = None,
     ) -> TaskTensors:
+        """``codec``: a teacher-layers summarizer's text ↔ ids (``Student.codec``), else None."""
         raise NotImplementedError
 
     def loss(

@@ -227,7 +227,7 @@ class Classification(Task):
             ]
         }
 
-    def tensors(self, rows, tokenizer, spec, train) -> TaskTensors:
+    def tensors(self, rows, tokenizer, spec, train, codec=None) -> TaskTensors:
         encoded = self.encode(rows, tokenizer, spec.max_length)
         return TaskTensors(
             self.name,

@@ -15,8 +15,10 @@ from distill.prompts import Prompt
 
 Answer = dict[str, Any]
 """A label answer ``{"distribution": [p per verbalizer], "label_mass": float, "method": str}``,
-a summary ``{"text": str, "finish_reason": "stop" | "length"}``, or, for an item the backend
-could not answer, ``{"error": reason}``."""
+a summary ``{"text": str, "finish_reason": "stop" | "length"}`` (with teacher.summary_top_k also
+``"tokens": {"ids": [n], "top_ids": [n][k], "top_logprobs": [n][k]}``: the teacher's own tokens,
+its stop token included by the local backend (an API answer has no token for it), and its top-k
+log-probabilities at each), or, for an item the backend could not answer, ``{"error": reason}``."""
 
 
 class Teacher(Protocol):
@@ -71,7 +73,9 @@ def check_answer(kind: str, answer: Any, n_labels: int = 0, min_label_mass: floa
         return str(answer["error"])
     if kind == "summary":
         ok = isinstance(answer.get("text"), str) and answer.get("finish_reason") in ("stop", "length")
-        return None if ok else f"malformed summary answer {answer!r:.200}"
+        return (
+            None if ok and _tokens_ok(answer.get("tokens")) else f"malformed summary answer {answer!r:.200}"
+        )
     dist = answer.get("distribution")
     if (
         not isinstance(dist, list)
@@ -87,6 +91,22 @@ def check_answer(kind: str, answer: Any, n_labels: int = 0, min_label_mass: floa
             "something other than a label"
         )
     return None
+
+
+def _tokens_ok(tokens: Any) -> bool:
+    """A summary's optional token-level answer: ids (n,), top_ids and top_logprobs (n, k), finite."""
+    if tokens is None:
+        return True
+    try:
+        ids, top_ids, top_lp = tokens["ids"], tokens["top_ids"], tokens["top_logprobs"]
+        return (
+            len(ids) == len(top_ids) == len(top_lp)
+            and all(isinstance(i, int) for i in ids)
+            and all(len(a) == len(b) > 0 for a, b in zip(top_ids, top_lp))
+            and all(math.isfinite(v) and v <= 0 for row in top_lp for v in row)
+        )
+    except (KeyError, TypeError):
+        return False
 
 
 class CachedTeacher:

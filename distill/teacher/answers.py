@@ -6,10 +6,13 @@ requests and Batch API results.
 
 from __future__ import annotations
 
+import json
 import math
 import string
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
+
+from distill.errors import DistillError
 
 
 class ItemFailed(Exception):
@@ -138,7 +141,16 @@ def parse_label(response: dict[str, Any], verbalizers: Sequence[str]) -> dict[st
     return distribution_from_logprobs(content, verbalizers)
 
 
-def parse_summary(response: dict[str, Any]) -> dict[str, Any]:
+def parse_summary(
+    response: dict[str, Any], vocabulary: Mapping[bytes, int] | None = None, top_k: int = 0
+) -> dict[str, Any]:
+    """A chat completion (as a dict) → summary answer; raises ItemFailed or Malformed.
+
+    With ``top_k`` (teacher.summary_top_k) the answer also carries ``tokens``, read from the
+    choice's ``logprobs.content`` (``summary_tokens``); an answer without them fails the item.
+    Unlike the local teacher's, these tokens never include the stop token: the endpoint lists
+    only the text's tokens, so the end of a summary is taught by its hard target alone.
+    """
     try:
         choice = response["choices"][0]
     except (KeyError, IndexError, TypeError):
@@ -149,7 +161,111 @@ def parse_summary(response: dict[str, Any]) -> dict[str, Any]:
         raise ItemFailed(f"finish_reason {reason!r}")
     if not text:
         raise Malformed("empty summary")
-    return {"text": text, "finish_reason": reason}
+    answer: dict[str, Any] = {"text": text, "finish_reason": reason}
+    if top_k:
+        content = (choice.get("logprobs") or {}).get("content")
+        if not content:
+            raise ItemFailed(
+                "the endpoint returned no logprobs for the summary (teacher.summary_top_k asks them)"
+            )
+        answer["tokens"] = summary_tokens(content, vocabulary or {}, top_k, text)
+    return answer
+
+
+def byte_level_alphabet() -> dict[int, str]:
+    """GPT-2's byte-level BPE table: each byte → the printable character that stands for it in
+    the vocabulary (' ' → 'Ġ'). The inverse turns a vocabulary entry back into its bytes."""
+    printable = [
+        *range(ord("!"), ord("~") + 1),
+        *range(ord("¡"), ord("¬") + 1),
+        *range(ord("®"), ord("ÿ") + 1),
+    ]
+    chars, extra = {b: chr(b) for b in printable}, 0
+    for b in range(256):
+        if b not in chars:
+            chars[b] = chr(256 + extra)
+            extra += 1
+    return chars
+
+
+def token_byte_ids(
+    tokens: Sequence[str | None], added: Mapping[int, str], byte_level: bool
+) -> dict[bytes, int]:
+    """Each vocabulary entry's bytes → its id, the lowest id where several spell the same bytes.
+
+    ``tokens``: the vocabulary, id → token string (``convert_ids_to_tokens``); ``added``: added
+    and special tokens, id → their text. A byte-level BPE entry is read through
+    ``byte_level_alphabet``; otherwise (SentencePiece) '▁' is a space and '<0xNN>' one byte.
+    """
+    decoder = {c: b for b, c in byte_level_alphabet().items()}
+    table: dict[bytes, int] = {}
+    for token_id, token in enumerate(tokens):
+        if token_id in added:
+            raw = added[token_id].encode()
+        elif token is None:
+            continue
+        elif byte_level:
+            if any(c not in decoder for c in token):
+                continue  # no byte sequence spells it, so no endpoint can name it
+            raw = bytes(decoder[c] for c in token)
+        elif len(token) == 6 and token.startswith("<0x") and token.endswith(">"):
+            raw = bytes([int(token[3:5], 16)])
+        else:
+            raw = token.replace("▁", " ").encode()
+        table.setdefault(raw, token_id)
+    return table
+
+
+def token_bytes(entry: dict[str, Any]) -> bytes:
+    """An answer token's bytes: its ``bytes`` field (exact, also for a token that is part of one
+    UTF-8 character), else its ``token`` string."""
+    raw = entry.get("bytes")
+    if raw is None:
+        return (entry.get("token") or "").encode()
+    try:
+        return bytes(raw)
+    except (TypeError, ValueError):
+        raise ItemFailed(f"answer token {entry.get('token')!r} has unreadable bytes {raw!r:.60}") from None
+
+
+def _token_id(entry: dict[str, Any], vocabulary: Mapping[bytes, int]) -> int:
+    token_id = vocabulary.get(token_bytes(entry))
+    if token_id is None:
+        # llama.cpp sends no bytes, and '' for a token that is part of one UTF-8 character.
+        hint = " (the endpoint sent no bytes for it)" if entry.get("bytes") is None else ""
+        raise ItemFailed(
+            f"answer token {entry.get('token')!r}{hint} is no token of teacher.tokenizer: "
+            "is it the served model's vocabulary?"
+        )
+    return token_id
+
+
+def summary_tokens(
+    content: list[dict[str, Any]], vocabulary: Mapping[bytes, int], top_k: int, text: str
+) -> dict[str, Any]:
+    """``content``: the choice's ``logprobs.content`` (one entry per answer token) → ``{"ids": (n,),
+    "top_ids": (n, top_k), "top_logprobs": (n, top_k)}``, ids from ``vocabulary``
+    (``token_byte_ids``). Fails the item for a token the vocabulary lacks, fewer than ``top_k``
+    alternatives, or tokens that do not spell ``text`` (the summary, stripped)."""
+    ids, top_ids, top_logprobs = [], [], []
+    try:
+        for entry in content:
+            ids.append(_token_id(entry, vocabulary))
+            listed = (entry.get("top_logprobs") or [])[:top_k]
+            if len(listed) < top_k:
+                raise ItemFailed(
+                    f"answer token {entry.get('token')!r} lists {len(listed)} alternatives, "
+                    f"fewer than teacher.summary_top_k {top_k}"
+                )
+            top_ids.append([_token_id(alt, vocabulary) for alt in listed])
+            # An endpoint's rounding can give a certain token +0.0000001; a log-probability is <= 0.
+            top_logprobs.append([min(float(alt["logprob"]), 0.0) for alt in listed])
+    except (AttributeError, KeyError, TypeError, ValueError):
+        raise ItemFailed(f"unreadable summary logprobs {content!r:.120}") from None
+    spelled = b"".join(token_bytes(entry) for entry in content).decode("utf-8", "replace")
+    if spelled.strip() != text:
+        raise ItemFailed(f"the logprobs spell {spelled.strip()!r:.80}, not the summary {text!r:.80}")
+    return {"ids": ids, "top_ids": top_ids, "top_logprobs": top_logprobs}
 
 
 def continuation_logprob(response: dict[str, Any], context_chars: int) -> float:
@@ -160,3 +276,11 @@ def continuation_logprob(response: dict[str, Any], context_chars: int) -> float:
         return sum(v for offset, v in pairs if offset >= context_chars and v is not None)
     except (KeyError, IndexError, TypeError):
         raise ItemFailed("/completions returned no echoed logprobs to score labels with") from None
+
+
+def is_byte_level(tokenizer: Any) -> bool:
+    """Whether a fast tokenizer's vocabulary is byte-level BPE (GPT-2, Llama 3, Qwen, SmolLM)."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is None:
+        raise DistillError("teacher.tokenizer: needs a fast tokenizer (tokenizer.json)")
+    return "ByteLevel" in json.dumps(json.loads(backend.to_str()).get("decoder"))

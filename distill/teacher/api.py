@@ -7,6 +7,12 @@ fell elsewhere is recorded. Endpoints that return no logprobs get the configured
 fallback. Requests run on an asyncio loop in a helper thread (bounded concurrency,
 client-side rate limits, retries with backoff), and each answer is handed back the
 moment it exists so the cache can keep it.
+
+With ``summary_top_k`` a summary also carries the teacher's tokens and its top-k
+log-probabilities at each, from the answer's ``logprobs.content``: each token's bytes are mapped
+to an id of ``teacher.tokenizer`` (the served model's vocabulary). The endpoint lists only the
+text's tokens, so unlike the local teacher's these never end with the stop token; the student
+learns to end a summary from the hard target alone.
 """
 
 from __future__ import annotations
@@ -34,8 +40,10 @@ from distill.teacher.answers import (
     continuation_logprob,
     distribution_from_samples,
     distribution_from_scores,
+    is_byte_level,
     parse_label,
     parse_summary,
+    token_byte_ids,
 )
 
 LABEL_MAX_TOKENS = 3
@@ -95,10 +103,11 @@ class APITeacher:
         self.latencies_ms: list[float] = []
         self._pause_until = 0.0
         self._limiter: RateLimiter | None = None
+        self._vocabulary: dict[bytes, int] | None = None
 
     # -- the Teacher protocol ------------------------------------------------------------
     def decoding_params(self) -> dict[str, Any]:
-        return {
+        params: dict[str, Any] = {
             "temperature": 0.0,
             "max_input_chars": self.cfg.max_input_tokens * CHARS_PER_TOKEN,
             "max_new_tokens": self.cfg.max_new_tokens,
@@ -109,6 +118,10 @@ class APITeacher:
             "samples": self.cfg.samples,
             "min_label_mass": self.cfg.min_label_mass,
         }
+        if not self.cfg.summary_top_k:  # so text-only answers cached before the option stay valid
+            return params
+        # The tokenizer decides the ids, so it is part of the answer too.
+        return params | {"summary_top_k": self.cfg.summary_top_k, "tokenizer": self.cfg.tokenizer}
 
     def num_parameters(self) -> None:
         return None
@@ -130,6 +143,7 @@ class APITeacher:
         return self._stream(prompts, lambda client, p: self._label(client, p, verbalizers))
 
     def summarize(self, prompts: Sequence[Prompt]) -> Iterator[tuple[int, dict[str, Any]]]:
+        self.token_vocabulary()  # a tokenizer that cannot load fails the run before any request
         if self.cfg.mode == "batch":
             from distill.teacher.batch import run_batch
 
@@ -158,12 +172,39 @@ class APITeacher:
         }
 
     def summary_body(self, prompt: Prompt) -> dict[str, Any]:
-        return {
+        body: dict[str, Any] = {
             "model": self.cfg.model,
             "messages": self.messages(prompt),
             "max_tokens": self.cfg.max_new_tokens,
             "temperature": 0.0,
         }
+        if self.cfg.summary_top_k:
+            body |= {"logprobs": True, "top_logprobs": self.cfg.summary_top_k}
+        return body
+
+    def token_vocabulary(self) -> dict[bytes, int] | None:
+        """teacher.tokenizer's id for each token's bytes (``token_byte_ids``), built once; None
+        without summary_top_k."""
+        if not self.cfg.summary_top_k:
+            return None
+        if self._vocabulary is None:
+            from transformers import AutoTokenizer
+
+            from distill.assets import resolve_teacher
+
+            name = self.cfg.tokenizer or ""
+            try:
+                tokenizer = AutoTokenizer.from_pretrained(resolve_teacher(name))
+            except (OSError, ValueError) as e:
+                raise DistillError(f"teacher.tokenizer {name!r}: cannot load ({e})") from None
+            tokens = tokenizer.convert_ids_to_tokens(list(range(len(tokenizer))))
+            added = {i: t.content for i, t in tokenizer.added_tokens_decoder.items()}
+            self._vocabulary = token_byte_ids(tokens, added, is_byte_level(tokenizer))
+        return self._vocabulary
+
+    def parse_summary(self, response: dict[str, Any]) -> dict[str, Any]:
+        """The summary answer, with its tokens when summary_top_k asks them (online and batch alike)."""
+        return parse_summary(response, self.token_vocabulary(), self.cfg.summary_top_k)
 
     @staticmethod
     def estimated_tokens(body: dict[str, Any]) -> float:
@@ -328,7 +369,7 @@ class APITeacher:
 
         async def ask() -> dict[str, Any]:
             response = await self._call(lambda: chat.create(**body), tokens)
-            return parse_summary(response)
+            return self.parse_summary(response)
 
         return await self._retry_malformed(ask)
 

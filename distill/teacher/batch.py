@@ -18,7 +18,7 @@ from typing import Any
 
 from distill.errors import DistillError
 from distill.prompts import Prompt
-from distill.teacher.answers import ItemFailed, NoLogprobs, parse_label, parse_summary
+from distill.teacher.answers import ItemFailed, NoLogprobs, parse_label
 from distill.teacher.api import APITeacher
 
 TERMINAL = ("completed", "failed", "expired", "cancelled")
@@ -147,7 +147,7 @@ def _answer(
         return custom_id, {"error": teacher.redact(f"batch request failed: {json.dumps(detail)[:200]}")}
     teacher.account(body.get("usage"))
     try:
-        answer = parse_label(body, verbalizers) if kind == "label" else parse_summary(body)
+        answer = parse_label(body, verbalizers) if kind == "label" else teacher.parse_summary(body)
     except NoLogprobs:
         answer = {"error": "no logprobs in the batch answer (batch mode has no fallback; use mode: online)"}
     except ItemFailed as e:

@@ -126,13 +126,15 @@ class LocalTeacher:
         return ids
 
     def decoding_params(self) -> dict[str, Any]:
-        return {
+        params = {
             "max_input_tokens": self.cfg.max_input_tokens,
             "max_new_tokens": self.cfg.max_new_tokens,
             "dtype": self.cfg.dtype,
             "greedy": True,
             "label_rule": LABEL_RULE,
         }
+        # Only when asked, so text-only answers cached before the option existed stay valid.
+        return params | ({"summary_top_k": self.cfg.summary_top_k} if self.cfg.summary_top_k else {})
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.model.parameters())
@@ -306,6 +308,7 @@ class LocalTeacher:
         for i, row in enumerate(rows):
             ids[i, width - len(row) :] = torch.tensor(row, device=self.device)
             mask[i, width - len(row) :] = 1
+        top_k = self.cfg.summary_top_k
         out = self.model.generate(
             input_ids=ids,
             attention_mask=mask,
@@ -313,12 +316,25 @@ class LocalTeacher:
             do_sample=False,
             eos_token_id=self._stop_ids,
             pad_token_id=self.tokenizer.pad_token_id,
+            return_dict_in_generate=True,
+            output_logits=bool(top_k),
         )
+        if top_k:
+            # Raw logits of every step: (batch, generated, vocab) → top-k log-probabilities.
+            logprobs = torch.stack(out.logits, dim=1).float().log_softmax(-1)
+            top_lp, top_ids = logprobs.topk(top_k, dim=-1)
         results = []
-        for row in out[:, width:].tolist():  # (batch, generated)
+        for b, row in enumerate(out.sequences[:, width:].tolist()):  # (batch, generated)
             stopped = any(t in self._stop_ids for t in row)
-            if stopped:
-                row = row[: min(row.index(t) for t in self._stop_ids if t in row)]
-            text = self.tokenizer.decode(row, skip_special_tokens=True).strip()
-            results.append({"text": text, "finish_reason": "stop" if stopped else "length"})
+            end = min(row.index(t) for t in self._stop_ids if t in row) if stopped else len(row)
+            text = self.tokenizer.decode(row[:end], skip_special_tokens=True).strip()
+            answer: dict[str, Any] = {"text": text, "finish_reason": "stop" if stopped else "length"}
+            if top_k:
+                kept = end + 1 if stopped else end  # the stop token's distribution is taught too
+                answer["tokens"] = {
+                    "ids": row[:kept],
+                    "top_ids": top_ids[b, :kept].tolist(),
+                    "top_logprobs": [[round(v, 4) for v in lp] for lp in top_lp[b, :kept].tolist()],
+                }
+            results.append(answer)
         return results
