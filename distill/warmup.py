@@ -100,9 +100,7 @@ def denoise_step(
     return sequence_kd_loss(logits, target_ids)
 
 
-def heal_step(
-    student: Any, teacher: Any, rows: list[list[int]], wc: WarmupConfig
-) -> tuple[torch.Tensor, torch.Tensor]:
+def heal_step(student: Any, teacher: Any, rows: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
     """teacher_layers: next-token CE and 1 − cos to the teacher's last hidden states.
 
     ``rows``: spans in teacher ids; the student reads the same tokens in its own ids (its
@@ -197,7 +195,7 @@ def _run(student: Any, tokenizer: Any, cfg: StudentConfig, documents: list[str])
     for step, batch in enumerate(_batches(len(rows), wc)):
         picked = [rows[i] for i in batch]
         if teacher is not None:
-            ce, cos = heal_step(student, teacher, picked, wc)
+            ce, cos = heal_step(student, teacher, picked)
             loss = ce + wc.hidden_weight * cos
         else:
             loss = denoise_step(student, tokenizer, picked, wc, g)
