@@ -348,6 +348,7 @@ def cut_teacher(
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from distill.assets import resolve_teacher
+    from distill.batches import length_mask, pad
 
     assert cfg.decoder_source is not None
     path = resolve_teacher(cfg.decoder_source)
@@ -381,8 +382,7 @@ def cut_teacher(
     total = teacher.config.num_hidden_layers
     if cfg.layer_choice == "block_influence" and cfg.decoder_layers < total:
         sample = prompts[:INFLUENCE_ROWS]
-        ids = torch.tensor([p + [0] * (max(map(len, sample)) - len(p)) for p in sample])
-        mask = torch.tensor([[1] * len(p) + [0] * (ids.shape[1] - len(p)) for p in sample])
+        ids, mask = pad(sample, 0), length_mask(sample)
         influence = block_influence(
             teacher.model, [(ids[i : i + 4], mask[i : i + 4]) for i in range(0, len(sample), 4)]
         )

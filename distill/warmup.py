@@ -29,6 +29,7 @@ import torch
 import torch.nn.functional as F
 
 from distill.assets import home
+from distill.batches import length_mask, pad
 from distill.config import StudentConfig, WarmupConfig
 from distill.errors import DistillError
 
@@ -69,13 +70,6 @@ def _batches(n: int, wc: WarmupConfig) -> list[list[int]]:
     return [order[s * wc.batch_size : (s + 1) * wc.batch_size] for s in range(wc.steps)]
 
 
-def _pad(rows: list[list[int]], value: int) -> tuple[torch.Tensor, torch.Tensor]:
-    width = max(map(len, rows))
-    ids = torch.tensor([r + [value] * (width - len(r)) for r in rows])
-    mask = torch.tensor([[1] * len(r) + [0] * (width - len(r)) for r in rows])
-    return ids, mask
-
-
 def denoise_step(
     student: Any, tokenizer: Any, rows: list[list[int]], wc: WarmupConfig, g: torch.Generator
 ) -> torch.Tensor:
@@ -83,12 +77,12 @@ def denoise_step(
     from distill.losses import IGNORE_INDEX, sequence_kd_loss
     from distill.student import decoder_inputs
 
-    ids, mask = _pad(rows, tokenizer.pad_token_id)
+    ids, mask = pad(rows, tokenizer.pad_token_id), length_mask(rows)
     masked = (torch.rand(ids.shape, generator=g) < wc.mask_rate) & mask.bool()
     corrupted = torch.where(masked, tokenizer.mask_token_id, ids)
     end = student.backbone.generation_config.eos_token_id
     targets = [r[: wc.target_length - 1] + [end] for r in rows]
-    target_ids, _ = _pad(targets, IGNORE_INDEX)
+    target_ids = pad(targets, IGNORE_INDEX)
     config = student.backbone.config
     decoder_ids, decoder_mask = decoder_inputs(target_ids, config.decoder_start_token_id, config.pad_token_id)
     logits = student.backbone(
@@ -109,8 +103,8 @@ def heal_step(student: Any, teacher: Any, rows: list[list[int]]) -> tuple[torch.
     student_rows = [codec.student(r) for r in rows]
     if any(len(a) != len(b) for a, b in zip(student_rows, rows)):
         raise DistillError("warm-up: a span's tokens are outside the student's vocabulary")
-    ids, mask = _pad(student_rows, 0)
-    teacher_ids, _ = _pad(rows, 0)
+    ids, mask = pad(student_rows, 0), length_mask(student_rows)
+    teacher_ids = pad(rows, 0)
     with torch.no_grad():
         target = teacher(input_ids=teacher_ids, attention_mask=mask, output_hidden_states=True).hidden_states[
             -1
