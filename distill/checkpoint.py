@@ -86,6 +86,26 @@ def save(engine: Any, ckpt_dir: Path, step: int, keep: int, client_state: dict[s
             shutil.rmtree(old, ignore_errors=True)
 
 
+BEST_TAG = "best"
+
+
+def save_best(engine: Any, ckpt_dir: Path, step: int, client_state: dict[str, Any]) -> None:
+    """The best step so far (by validation) under its own tag, overwritten at each new best; not
+    recorded as ``latest``, so --resume still continues from the newest step."""
+    engine.save_checkpoint(
+        str(ckpt_dir), tag=BEST_TAG, client_state={**client_state, "step": step}, save_latest=False
+    )
+    dist.barrier()
+    if dist.is_main():
+        (ckpt_dir / BEST_TAG / "step.json").write_text(json.dumps({"step": step}) + "\n")
+
+
+def best_step(ckpt_dir: Path) -> int | None:
+    """The step the ``best`` tag holds, if it is there."""
+    marker = ckpt_dir / BEST_TAG / "step.json"
+    return json.loads(marker.read_text())["step"] if marker.is_file() else None
+
+
 def consolidated_state_dict(
     ckpt_dir: Path, tag: str, stage: int, module: torch.nn.Module
 ) -> dict[str, torch.Tensor]:

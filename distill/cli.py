@@ -12,6 +12,7 @@ from pathlib import Path
 import typer
 
 from distill.errors import DistillError
+from distill.runs import EXIT_CONFIG, EXIT_GATES, EXIT_LOCKED, EXIT_TEACHER, RunLocked
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
 
@@ -50,7 +51,26 @@ def _budget(overrides: list[str], max_cost: float | None, max_requests: int | No
 def _exit_on_failed_items(cfg, summary: dict) -> None:
     from distill.teach import failed_items, failures_path
 
-    usage = summary["teacher"]["usage"]
+    _echo_usage(summary["teacher"]["usage"])
+    if summary["complete"]:
+        return
+    failed = failed_items(cfg)
+    _fail_teacher(
+        failed,
+        f"the teacher failed {len(failed)} items (all listed in {failures_path(cfg)}); "
+        "their splits were not written. Rerun to retry only those.",
+    )
+
+
+def _fail_teacher(items: list[dict], message: str) -> None:
+    """List the first failed items, say what to do, exit EXIT_TEACHER."""
+    for item in items[:5]:
+        typer.echo(f"  {item['task']}/{item['split']} {item['id']}: {item['reason']}", err=True)
+    typer.echo(f"error: {message}", err=True)
+    raise typer.Exit(EXIT_TEACHER)
+
+
+def _echo_usage(usage: dict | None) -> None:
     if usage:
         cost = f", ~${usage['cost_usd']}" if usage.get("cost_usd") is not None else ""
         typer.echo(
@@ -58,24 +78,34 @@ def _exit_on_failed_items(cfg, summary: dict) -> None:
             f"{usage['input_tokens']} tokens in, {usage['output_tokens']} out{cost}",
             err=True,
         )
-    if summary["complete"]:
-        return
-    failed = failed_items(cfg)
-    for item in failed[:5]:
-        typer.echo(f"  {item['task']}/{item['split']} {item['id']}: {item['reason']}", err=True)
-    typer.echo(
-        f"error: the teacher failed {len(failed)} items (all listed in {failures_path(cfg)}); "
-        "their splits were not written. Rerun to retry only those.",
-        err=True,
-    )
-    raise typer.Exit(1)
 
 
 def _exit_on_failed_gates(report: dict) -> None:
     failed = [k for k, g in report["gates"].items() if not g["passed"]]
     if failed:
         typer.echo(f"error: gates failed: {', '.join(failed)}", err=True)
-        raise typer.Exit(1)
+        raise typer.Exit(EXIT_GATES)
+
+
+SHARD = typer.Option(
+    None,
+    "--shard",
+    metavar="i/N",
+    help="Ask the teacher only for shard i of N (0 ≤ i < N, split by cache key) into this shard's "
+    "own cache; writes no teach output. Then `distill teach --merge`, then `distill teach`.",
+)
+SHARD_CACHE = typer.Option(
+    None,
+    "--shard-cache",
+    help="With --shard: the shard's cache file (default: the main cache's name with .shard-i-of-N).",
+)
+MERGE = typer.Option(
+    False,
+    "--merge",
+    help="Fold shard caches into the main cache (default: every <cache>.shard-i-of-N file beside it). "
+    "Where answers differ, the main cache's is kept.",
+)
+FROM = typer.Option([], "--from", help="With --merge: a shard cache file to fold in (repeatable).")
 
 
 @app.command()
@@ -84,12 +114,45 @@ def teach(
     set_: list[str] = SET,
     max_cost: float | None = MAX_COST,
     max_requests: int | None = MAX_REQUESTS,
+    shard: str | None = SHARD,
+    shard_cache: Path | None = SHARD_CACHE,
+    merge: bool = MERGE,
+    from_: list[Path] = FROM,
 ) -> None:
     """The teacher labels and summarises every configured split (answers are cached)."""
     cfg = _load(pipeline, _budget(set_, max_cost, max_requests))
+    if shard and merge:
+        raise DistillError("--shard and --merge: one at a time (label the shards, then merge them)")
     _quiet()
     from distill import teach as stage
 
+    if merge:
+        merged = stage.merge(cfg, from_)
+        typer.echo(
+            f"teach: merged {len(merged['sources'])} shard caches into {merged['dest']}: "
+            f"{merged['added']} added, {merged['same']} already there, {merged['conflicts']} conflicts "
+            "(kept the main cache's answer)",
+            err=True,
+        )
+        for n, missing in (merged.get("missing_shards") or {}).items():
+            typer.echo(f"warning: shard(s) {', '.join(map(str, missing))} of {n} not merged yet", err=True)
+        return
+    if shard:
+        done = stage.run_shard(cfg, stage.parse_shard(shard), cache=shard_cache)
+        _echo_usage(done["teacher"]["usage"])
+        cache = done["cache"]
+        typer.echo(
+            f"teach: shard {done['shard']}: {cache['teacher_calls']} teacher calls, {cache['hits']} cache "
+            f"hits, {cache['other_shards']} left to other shards → {cache['path']}",
+            err=True,
+        )
+        if not done["complete"]:
+            _fail_teacher(
+                done["failures"],
+                f"the teacher failed {done['failed']} items of shard {done['shard']}; "
+                "rerun this shard to retry only those.",
+            )
+        return
     summary = stage.run(cfg)
     typer.echo(
         f"teach: {summary['cache']['teacher_calls']} teacher calls, {summary['cache']['hits']} cache hits "
@@ -99,33 +162,55 @@ def teach(
     _exit_on_failed_items(cfg, summary)
 
 
+NPROC = typer.Option(
+    1, help="Training processes per machine (torchrun, or DeepSpeed's launcher with --hostfile)."
+)
+HOSTFILE = typer.Option(
+    None, help="DeepSpeed hostfile ('host slots=N' lines): train across machines with DeepSpeed's launcher."
+)
+NUM_NODES = typer.Option(None, help="With --hostfile: how many of its hosts to use (DeepSpeed --num_nodes).")
+
+
+def train_command(
+    args: list[str], nproc: int, hostfile: Path | None, num_nodes: int | None, port: int
+) -> list[str]:
+    """The launcher command that runs ``distill.cli train ARGS`` in every process: torchrun on
+    this machine, or DeepSpeed's launcher (ssh/pdsh to the hostfile's hosts) across machines.
+    DeepSpeed's ``--no_local_rank``: the processes read LOCAL_RANK from the environment."""
+    if hostfile is not None:
+        nodes = ["--num_nodes", str(num_nodes)] if num_nodes else []
+        return [
+            sys.executable, "-m", "deepspeed.launcher.runner", "--hostfile", str(hostfile), *nodes,
+            "--num_gpus", str(nproc), "--master_port", str(port), "--no_local_rank",
+            "--module", "distill.cli", "train", *args,
+        ]  # fmt: skip
+    return [
+        sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}",
+        f"--master_port={port}", "-m", "distill.cli", "train", *args,
+    ]  # fmt: skip
+
+
+def _launched(nproc: int, hostfile: Path | None) -> bool:
+    """Whether training runs in launched processes (and this one only launches them)."""
+    return (nproc > 1 or hostfile is not None) and "LOCAL_RANK" not in os.environ
+
+
 @app.command()
 def train(
     pipeline: Path = PIPELINE,
     set_: list[str] = SET,
     resume: bool = typer.Option(False, help="Continue from the latest checkpoint in the run folder."),
-    nproc: int = typer.Option(1, help="Processes to train with (launched through torchrun)."),
+    nproc: int = NPROC,
+    hostfile: Path | None = HOSTFILE,
+    num_nodes: int | None = NUM_NODES,
 ) -> None:
     """Train the multi-task student inside DeepSpeed and export it."""
     cfg = _load(pipeline, set_)
-    if nproc > 1 and "LOCAL_RANK" not in os.environ:
-        args = [a for a in sys.argv[1:] if not a.startswith("--nproc")]
-        if "--nproc" in sys.argv:  # "--nproc N" form: drop the value too
-            i = sys.argv.index("--nproc")
-            args = sys.argv[1:i] + sys.argv[i + 2 :]
+    if _launched(nproc, hostfile):
         from distill.distributed import free_port
 
-        cmd = [
-            sys.executable,
-            "-m",
-            "torch.distributed.run",
-            f"--nproc_per_node={nproc}",
-            f"--master_port={free_port()}",
-            "-m",
-            "distill.cli",
-            *args,
-        ]
-        raise typer.Exit(subprocess.call(cmd))
+        args = [str(pipeline), *(a for o in set_ for a in ("--set", o)), *(["--resume"] if resume else [])]
+        raise typer.Exit(subprocess.call(train_command(args, nproc, hostfile, num_nodes, free_port())))
     _quiet()
     from distill import train as stage
 
@@ -151,31 +236,122 @@ def run(
     pipeline: Path = PIPELINE,
     set_: list[str] = SET,
     resume: bool = typer.Option(
-        False, help="Resume training from the run folder's latest checkpoint (after a crash)."
+        False, help="Continue the newest unfinished run (its folder and training checkpoint)."
     ),
     max_cost: float | None = MAX_COST,
     max_requests: int | None = MAX_REQUESTS,
+    nproc: int = NPROC,
+    hostfile: Path | None = HOSTFILE,
+    num_nodes: int | None = NUM_NODES,
 ) -> None:
-    """teach → train → eval, for scheduled batch runs."""
-    cfg = _load(pipeline, _budget(set_, max_cost, max_requests))
+    """teach → train → eval → promotion, in a run folder of its own under run_dir, one run per
+    pipeline at a time: for scheduled runs. Exit codes: README "Scheduled runs"."""
+    overrides = _budget(set_, max_cost, max_requests)
+    cfg = _load(pipeline, overrides)
     _quiet()
-    from distill import evaluation, teach, train
+    from distill import runs
+
+    root = cfg.path
+    rid = (runs.resumable(root) if resume else None) or runs.run_id(cfg)
+    lock = runs.Lock.acquire(root, runs.holder_record(rid))
+    try:
+        if lock.took_over:
+            who = lock.took_over
+            typer.echo(
+                f"warning: took over the lock of run {who.get('run_id')} (pid {who.get('pid')} on "
+                f"{who.get('host')}, started {who.get('started')}), which ended without releasing it",
+                err=True,
+            )
+        code = _scheduled(cfg, rid, pipeline, overrides, resume, nproc, hostfile, num_nodes)
+    finally:
+        lock.release()
+    raise typer.Exit(code)
+
+
+def _scheduled(
+    cfg, rid: str, pipeline: Path, overrides: list[str], resume: bool, nproc: int,
+    hostfile: Path | None, num_nodes: int | None,
+) -> int:  # fmt: skip
+    """One scheduled run in ``run_dir/<rid>``; records it (run.json, history) whatever happens."""
+    from distill import evaluation, runs, teach
     from distill.report import markdown
 
-    timings = {}
-    for name, fn in (
-        ("teach", lambda: teach.run(cfg)),
-        ("train", lambda: train.run(cfg, resume=resume)),
-        ("eval", lambda: evaluation.run(cfg)),
-    ):
+    root, started = cfg.path, time.time()
+    cfg.run_dir = str(root / rid)
+    cfg.path.mkdir(parents=True, exist_ok=True)
+    record: dict = {"id": rid, "pipeline": str(pipeline), "started": runs.now(), "status": "running"}
+    record.update(host=runs.holder_record(rid)["host"], pid=os.getpid(), overrides=overrides)
+    runs.write_json_atomic(cfg.path / runs.RUN_FILE, record)
+    timings: dict[str, float] = {}
+    code = 0
+    try:
         start = time.perf_counter()
-        result = fn()
-        timings[name] = time.perf_counter() - start
-        if name == "teach":
-            _exit_on_failed_items(cfg, result)
-    typer.echo(markdown(result))
-    typer.echo("wall time: " + ", ".join(f"{k} {v:.0f} s" for k, v in timings.items()), err=True)
-    _exit_on_failed_gates(result)
+        summary = teach.run(cfg)
+        timings["teach"] = time.perf_counter() - start
+        usage = summary["teacher"]["usage"] or {}
+        record["teach"] = {
+            "teacher_calls": summary["cache"]["teacher_calls"],
+            "cache_hits": summary["cache"]["hits"],
+            "cost_usd": usage.get("cost_usd"),
+        }
+        _exit_on_failed_items(cfg, summary)
+        start = time.perf_counter()
+        if _launched(nproc, hostfile):
+            from distill.distributed import free_port
+
+            args = [str(pipeline), *(a for o in [*overrides, f"run_dir={cfg.path}"] for a in ("--set", o))]
+            args += ["--resume"] if resume else []
+            if subprocess.call(train_command(args, nproc, hostfile, num_nodes, free_port())) != 0:
+                raise RuntimeError("the launched training processes failed (their output is above)")
+        else:
+            from distill import train
+
+            train.run(cfg, resume=resume)
+        timings["train"] = time.perf_counter() - start
+        start = time.perf_counter()
+        report = evaluation.run(cfg)
+        timings["eval"] = time.perf_counter() - start
+        typer.echo(markdown(report))
+        gates_passed = all(g["passed"] for g in report["gates"].values())
+        decision = runs.promotion(cfg, root, gates_passed)
+        record["headline"] = runs.headline_means(cfg.path)
+        failed = [k for k, g in report["gates"].items() if not g["passed"]]
+        record["gates"] = {"passed": gates_passed, "failed": failed}
+        record["promotion"] = decision
+        if decision["promote"]:
+            runs.point(root, runs.PROMOTED, rid)
+        runs.point(root, runs.LATEST, rid)
+        record["status"] = "complete" if gates_passed else "gates_failed"
+        record["checkpoints_removed_mb"] = runs.remove_checkpoints(cfg.path)
+        verdict = "promoted" if decision["promote"] else "not promoted"
+        typer.echo(f"run {rid}: {verdict} ({decision['reason']})", err=True)
+        _exit_on_failed_gates(report)
+    except typer.Exit as e:
+        code = e.exit_code
+        record["status"] = {EXIT_TEACHER: "teacher_failed", EXIT_GATES: "gates_failed"}.get(code, "failed")
+    except DistillError as e:
+        record.update(status="error", error=str(e))
+        raise
+    except BaseException as e:  # a crash (or Ctrl-C): recorded, then re-raised
+        record.update(status="crashed", error=f"{type(e).__name__}: {e}")
+        raise
+    finally:
+        record["finished"], record["duration_s"] = runs.now(), round(time.time() - started, 1)
+        record["timings_s"] = {k: round(v, 1) for k, v in timings.items()}
+        record["exit_code"] = code if record["status"] not in ("error", "crashed") else None
+        runs.write_json_atomic(cfg.path / runs.RUN_FILE, record)
+        runs.append_history(root, record)
+        typer.echo("wall time: " + ", ".join(f"{k} {v:.0f} s" for k, v in timings.items()), err=True)
+    return code
+
+
+@app.command("runs")
+def runs_(pipeline: Path = PIPELINE, set_: list[str] = SET) -> None:
+    """The history of scheduled runs of a pipeline (run_dir/history.jsonl), oldest first."""
+    cfg = _load(pipeline, set_)
+    from distill import runs
+
+    typer.echo(runs.history_table(runs.history(cfg.path), runs.pointed(cfg.path, runs.PROMOTED)))
 
 
 @app.command()
@@ -191,12 +367,65 @@ def ablate(pipeline: Path = PIPELINE, set_: list[str] = SET) -> None:
     typer.echo(f"ablate: → {cfg.path / 'ablation'}", err=True)
 
 
+@app.command("export")
+def export_(
+    path: Path = typer.Argument(..., help="A student folder, a run folder, or a pipeline's run_dir."),
+    out: Path = typer.Option(..., "--out", help="Folder to write: one subfolder per task, export.json."),
+    task: list[str] = typer.Option([], "--task", help="Export only this task (repeatable)."),
+    measure: int = typer.Option(
+        0, help="Compare each export with the student on the first N test rows of the run (0: probe texts)."
+    ),
+    max_new_tokens: int | None = typer.Option(
+        None, help="Summaries: default the student's max_summary_length."
+    ),
+) -> None:
+    """Write each task of a student as a folder plain transformers loads (a text-classification
+    model; a seq2seq or causal-LM summarizer), checked against the student."""
+    _quiet()
+    from distill.export import export, teach_rows
+
+    rows = {t: teach_rows(path, t, "test", measure) for t in task} if measure and task else None
+    if measure and not task:
+        from distill.student import load_student, resolve_student_dir
+
+        student, _ = load_student(resolve_student_dir(path))
+        rows = {t: teach_rows(path, t, "test", measure) for t in student.spec.tasks}
+    record = export(path, out, task or None, rows, max_new_tokens)
+    for name, entry in record["tasks"].items():
+        exact = "exact" if entry.get("exact") else "NOT exact: " + "; ".join(entry["not_exact_because"])
+        typer.echo(f"export: {name} → {out / name} ({exact})", err=True)
+
+
+@app.command()
+def serve(
+    path: Path = typer.Argument(..., help="A student folder, a run folder, or a pipeline's run_dir."),
+    host: str = typer.Option("127.0.0.1", help="Interface to listen on (0.0.0.0: every interface)."),
+    port: int = typer.Option(8000, help="Port (0: a free one, printed at start)."),
+    max_batch: int = typer.Option(16, help="Most requests of one task run as one batch."),
+    max_wait_ms: float = typer.Option(5.0, help="How long a batch waits for more after its first request."),
+    max_chars: int = typer.Option(20000, help="Longer texts are refused (400)."),
+    device: str = typer.Option("auto", help="auto, cpu or cuda."),
+    max_batch_tokens: int = typer.Option(
+        512, help="A batch runs shortest-first in sub-batches of at most this many padded tokens."
+    ),
+) -> None:
+    """Serve a trained student over HTTP: POST /v1/classify, OpenAI-compatible
+    /v1/chat/completions and /v1/completions (summaries), GET /health and /metrics."""
+    _quiet()
+    from distill.serve import serve as run_server
+
+    run_server(path, host, port, max_batch, max_wait_ms, max_chars, device, max_batch_tokens=max_batch_tokens)
+
+
 def main() -> None:
     try:
         app()
+    except RunLocked as e:
+        typer.echo(f"error: {e}", err=True)
+        sys.exit(EXIT_LOCKED)
     except DistillError as e:
         typer.echo(f"error: {e}", err=True)
-        sys.exit(2)
+        sys.exit(EXIT_CONFIG)
 
 
 if __name__ == "__main__":

@@ -78,7 +78,12 @@ class TaskConfig:
     instruction: str | None = None
     """Overrides the default prompt instruction for this task."""
     max_rows: dict[str, int] = field(default_factory=dict)
-    """Split → number of rows to use (the first N); absent means all."""
+    """Split → number of rows to use; absent means all. Which ones: ``sample``."""
+    sample: Literal["first", "random"] = "first"
+    """max_rows takes the first N rows, or a deterministic random N: the rows whose seeded
+    content hash is smallest, kept in file order. Rows appended to a file then enter the sample
+    with the same chance as the old ones, and an old row leaves it only for a new one."""
+    sample_seed: int = 0
     max_chars: int = 20000
     """Inputs longer than this are an error rather than a silent truncation."""
     soft_weight: float | None = None
@@ -444,9 +449,17 @@ class TrainConfig:
     """Task name → static loss weight (default 1.0)."""
     checkpoint_every: int = 50
     keep_checkpoints: int = 2
+    validate_every: int = 0
+    """Every N steps (and at the end), score the student on each task's validation data (gold
+    labels, references: the headline metric, accuracy or ROUGE-L) and export the best step's
+    weights instead of the last; 0: off, the last step is exported."""
+    validation_rows: int = 32
+    """The first N rows of each task's validation split that ``validate_every`` scores."""
     seed: int = 0
 
     def __post_init__(self) -> None:
+        if self.validate_every < 0 or self.validation_rows < 1:
+            raise ConfigError("train.validate_every: must be >= 0, and train.validation_rows >= 1")
         if self.kd_temperature <= 0:
             raise ConfigError("train.kd_temperature: must be > 0")
         if not 0.0 <= self.soft_weight <= 1.0:
@@ -500,8 +513,14 @@ class EvalConfig:
     """report.json path (dots) → minimum value; a miss exits non-zero.
 
     Example: ``fine_foods.student.accuracy: 0.6``."""
+    promote_margin: float = 0.0
+    """`distill run` promotes a student whose gates pass unless, on some task, the 95% interval
+    of (new − promoted) on the same eval rows lies wholly below ``-promote_margin`` (headline
+    metric units: accuracy, ROUGE-L)."""
 
     def __post_init__(self) -> None:
+        if self.promote_margin < 0:
+            raise ConfigError("eval.promote_margin: must be >= 0")
         for key in ("batch_size", "max_new_tokens", "speed_batch_size"):
             if getattr(self, key) < 1:
                 raise ConfigError(f"eval.{key}: must be >= 1")
@@ -591,6 +610,8 @@ class PipelineConfig:
                 f"eval.split: {self.eval.split!r} must be among teach.splits to compare with the teacher"
             )
         self._check_summarizer()
+        if self.train.validate_every and not any("validation" in t.data for t in self.tasks):
+            raise ConfigError("train.validate_every: no task has a validation split in its data")
 
     def _check_summarizer(self) -> None:
         student, teacher = self.train.student, self.teach.teacher

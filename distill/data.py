@@ -23,12 +23,26 @@ def load_split(task: TaskConfig, split: str) -> list[Example]:
     rows = read_rows(source, split, task.name)
     limit = task.max_rows.get(split)
     if limit is not None:
-        rows = rows[:limit]
+        rows = rows[:limit] if task.sample == "first" else sample_rows(rows, limit, task.sample_seed)
     where = f"task {task.name}, {source}"
     from distill.tasks import task_for  # the kind owns its row checks; it imports this module
 
     kind = task_for(task)
     return [kind.example(row, i, where) for i, row in enumerate(rows)]
+
+
+def sample_rows(rows: list[dict[str, Any]], n: int, seed: int) -> list[dict[str, Any]]:
+    """The ``n`` rows with the smallest sha256(seed, row content), in their file order
+    (bottom-k hashing): deterministic, independent of row positions, so appending rows to a
+    file never reshuffles which old rows are in."""
+
+    def key(row: dict[str, Any]) -> str:
+        content = json.dumps(row, sort_keys=True, ensure_ascii=False, default=str)
+        return hashlib.sha256(f"{seed}\n{content}".encode()).hexdigest()
+
+    keys = [key(row) for row in rows]
+    chosen = set(sorted(range(len(rows)), key=lambda i: (keys[i], i))[:n])
+    return [row for i, row in enumerate(rows) if i in chosen]
 
 
 def source_fingerprint(source: str) -> str:

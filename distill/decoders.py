@@ -83,6 +83,20 @@ class VocabMap:
         return [self.kept[s] for s in student_ids]
 
 
+def prompt_parts(tokenizer: Any, instruction: str) -> tuple[str, str]:
+    """The text before and after the document in a summarization prompt: the tokenizer's chat
+    template around the instruction (or a plain "Summary:" frame without one)."""
+    content = f"{instruction}\n\n{MARKER}"
+    if tokenizer.chat_template:
+        text = tokenizer.apply_chat_template(
+            [{"role": "user", "content": content}], tokenize=False, add_generation_prompt=True
+        )
+    else:
+        text = content + "\n\nSummary:"
+    before, after = text.split(MARKER)
+    return before, after
+
+
 class DecoderCodec:
     """Text ↔ student ids for the teacher-layers summarizer: the teacher's prompt rendering
     (its chat template around the task's instruction), targets, and the teacher's own tokens."""
@@ -122,14 +136,7 @@ class DecoderCodec:
         """The teacher's own prompt (chat template, instruction, document cut to
         ``max_document_tokens``) as teacher ids."""
         tok = self.tokenizer
-        content = f"{instruction}\n\n{MARKER}"
-        if tok.chat_template:
-            text = tok.apply_chat_template(
-                [{"role": "user", "content": content}], tokenize=False, add_generation_prompt=True
-            )
-        else:
-            text = content + "\n\nSummary:"
-        before, after = text.split(MARKER)
+        before, after = prompt_parts(tok, instruction)
         body = tok(document, add_special_tokens=False)["input_ids"][:max_document_tokens]
         return (
             tok(before, add_special_tokens=False)["input_ids"]

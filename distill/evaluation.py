@@ -1,6 +1,7 @@
 """`distill eval`: student vs teacher vs gold on the held-out split, with 95% bootstrap
 intervals and a majority-class baseline, and both models' speed measured in the same run on
-the same device. Writes report.json and report.md."""
+the same device. Writes report.json, report.md, report.html (with plots) and rows.json (the
+student's per-row scores)."""
 
 from __future__ import annotations
 
@@ -13,13 +14,14 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from distill.config import PipelineConfig
 from distill.data import read_jsonl
 from distill.errors import DistillError
 from distill.manifest import Timer, latency_percentiles, sha256_files, write_manifest
-from distill.report import markdown
+from distill.report import html, markdown
 from distill.stats import bootstrap_indices
 from distill.student import WEIGHTS_FILE, Student, load_student
 from distill.tasks import Task, tasks_for
@@ -173,7 +175,18 @@ def task_report(
     if not rows:
         raise DistillError(f"task {task.name}: the teacher's {ec.split} output is empty")
     resamples = bootstrap_indices(len(rows), ec.bootstrap_resamples, ec.bootstrap_seed)  # (R, n)
-    return task.evaluate(cfg, rows, student, tokenizer, resamples)
+    section, scores = task.evaluate(cfg, rows, student, tokenizer, resamples)
+    return section, row_record(task, rows, scores)
+
+
+def row_record(task: Task, rows: list[dict[str, Any]], scores: dict[str, np.ndarray]) -> dict[str, Any]:
+    """A task's per-row student scores as eval writes them (``eval/rows.json``): what a later
+    run's promotion compares against, row by row."""
+    return {
+        "headline": task.headline,
+        "ids": [r["id"] for r in rows],
+        "scores": {k: [None if v != v else float(v) for v in values] for k, values in scores.items()},
+    }
 
 
 def models_section(cfg: PipelineConfig, student: Student, student_dir: Path, speed: dict[str, Any]) -> dict:
@@ -218,9 +231,12 @@ def run(cfg: PipelineConfig) -> dict[str, Any]:
         },
         "tasks": {},
     }
+    per_row = {}
     for task in tasks_for(cfg):
         with timer.section(f"quality/{task.name}"):
-            report["tasks"][task.name] = task_report(cfg, task, test[task.name], student, tokenizer)
+            report["tasks"][task.name], per_row[task.name] = task_report(
+                cfg, task, test[task.name], student, tokenizer
+            )
     report["warnings"] = baseline_warnings(report)
     for line in report["warnings"]:
         warn(line)
@@ -231,7 +247,11 @@ def run(cfg: PipelineConfig) -> dict[str, Any]:
     out = cfg.path / "eval"
     out.mkdir(parents=True, exist_ok=True)
     (out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
+    (out / "rows.json").write_text(json.dumps(per_row) + "\n")
     (out / "report.md").write_text(markdown(report))
+    log = cfg.path / "train" / "log.jsonl"
+    train_log = [json.loads(line) for line in log.read_text().splitlines()] if log.is_file() else None
+    (out / "report.html").write_text(html(report, train_log))
     write_manifest(out, "eval", cfg, timer, gates=report["gates"], student=provenance)
     return report
 

@@ -38,21 +38,59 @@ def macro_f1(pred: np.ndarray, gold: np.ndarray) -> float:
     return float(np.mean(scores))
 
 
+def confidence_bins(confidence: np.ndarray, bins: int = 10) -> np.ndarray:
+    """Each confidence's equal-width bin (lo, hi] of [0, 1] as an index 0..bins-1 (−1 for 0).
+
+    np.searchsorted against the np.linspace edges, so a confidence that equals an edge lands
+    in the bin that edge closes, with the edges' own rounding (0.3 is not above linspace's
+    0.30000000000000004)."""
+    edges = np.linspace(0.0, 1.0, bins + 1)
+    return np.searchsorted(edges, confidence, side="left") - 1
+
+
+def _bin_sums(probs: np.ndarray, gold: np.ndarray, bins: int) -> tuple[np.ndarray, ...]:
+    """Per confidence bin: rows, Σ confidence, Σ correct; each (bins,). probs: (n, labels)."""
+    confidence = probs.max(-1)
+    correct = (probs.argmax(-1) == gold).astype(float)
+    index = confidence_bins(confidence, bins)
+    kept = index >= 0
+    weights = (None, confidence[kept], correct[kept])
+    return tuple(np.bincount(index[kept], weights=w, minlength=bins) for w in weights)
+
+
 def expected_calibration_error(probs: np.ndarray, gold: np.ndarray, bins: int = 10) -> float:
     """Σ_bins (|bin|/n)·|accuracy − confidence| over equal-width confidence bins (lo, hi].
 
     probs: (n, labels); gold: (n,) label indices."""
     if not len(gold):
         return float("nan")
-    confidence = probs.max(-1)
-    correct = probs.argmax(-1) == gold
-    edges = np.linspace(0.0, 1.0, bins + 1)
-    ece = 0.0
-    for lo, hi in zip(edges[:-1], edges[1:]):
-        in_bin = (confidence > lo) & (confidence <= hi)
-        if in_bin.any():
-            ece += in_bin.mean() * abs(correct[in_bin].mean() - confidence[in_bin].mean())
-    return float(ece)
+    _, confidence, correct = _bin_sums(probs, gold, bins)
+    # (|bin|/n)·|Σcorrect/|bin| − Σconfidence/|bin|| = |Σcorrect − Σconfidence| / n
+    return float(np.abs(correct - confidence).sum() / len(gold))
+
+
+def reliability_table(probs: np.ndarray, gold: np.ndarray, bins: int = 10) -> dict[str, list]:
+    """The bins ``expected_calibration_error`` sums over, for a reliability diagram: per bin
+    (lo, hi] its rows, mean confidence and accuracy (None for an empty bin).
+
+    probs: (n, labels); gold: (n,) label indices."""
+    count, confidence, correct = _bin_sums(probs, gold, bins)
+
+    def per_bin(total: np.ndarray) -> list[float | None]:
+        return [round(float(t / c), CI_DIGITS) if c else None for t, c in zip(total, count)]
+
+    return {
+        "edges": [round(float(e), CI_DIGITS) for e in np.linspace(0.0, 1.0, bins + 1)],
+        "count": [int(c) for c in count],
+        "mean_confidence": per_bin(confidence),
+        "accuracy": per_bin(correct),
+    }
+
+
+def confusion_matrix(pred: np.ndarray, gold: np.ndarray, labels: int) -> list[list[int]]:
+    """counts[g][p]: rows of gold label g predicted as p (label indices 0..labels-1), (labels, labels)."""
+    counts = np.bincount(gold * labels + pred, minlength=labels * labels).reshape(labels, labels)
+    return counts.tolist()
 
 
 def kl_per_row(teacher: np.ndarray, student: np.ndarray) -> np.ndarray:
@@ -105,16 +143,20 @@ def _on_gold(metric: Callable[[np.ndarray], float], gold: np.ndarray) -> Callabl
 
 
 def gold_metrics(probs: np.ndarray, gold: np.ndarray, resamples: np.ndarray) -> dict[str, Any]:
-    """Accuracy, macro-F1 and ECE of (n, labels) ``probs`` against ``gold`` (n,), −1 = no gold."""
+    """Accuracy, macro-F1 and ECE of (n, labels) ``probs`` against ``gold`` (n,), −1 = no gold,
+    and the reliability bins and confusion matrix of the rows with gold."""
     pred = probs.argmax(-1)
     n = len(gold)
     correct = np.where(gold >= 0, pred == gold, np.nan)
+    labeled = gold >= 0
     return {
         **mean_estimate("accuracy", correct, resamples),
         **estimate("macro_f1", _on_gold(lambda k: macro_f1(pred[k], gold[k]), gold), n, resamples),
         **estimate(
             "ece", _on_gold(lambda k: expected_calibration_error(probs[k], gold[k]), gold), n, resamples
         ),
+        "reliability": reliability_table(probs[labeled], gold[labeled]),
+        "confusion": confusion_matrix(pred[labeled], gold[labeled], probs.shape[-1]),
     }
 
 
@@ -181,6 +223,7 @@ def classification_metrics(
     )
     report = {
         "rows": len(rows),
+        "labels": list(names),  # the order of the confusion matrices' rows and columns
         "rows_with_gold": int((gold >= 0).sum()),
         "student": gold_metrics(student_probs, gold, resamples),
         "teacher": gold_metrics(teacher_probs, gold, resamples),

@@ -410,6 +410,22 @@ def save_student(
         codec.tokenizer.save_pretrained(folder / DECODER_TOKENIZER)
 
 
+def resolve_student_dir(path: str | Path) -> Path:
+    """A student folder, or the one a run holds: ``path`` itself when it has ``student.json``,
+    else ``path/train/student`` (one run), else the student of ``path/promoted`` then
+    ``path/latest`` (a pipeline's ``run_dir`` after scheduled runs)."""
+    path = Path(path)
+    for candidate in (path, path / "train" / "student"):
+        if (candidate / SPEC_FILE).is_file():
+            return candidate
+    for pointer in ("promoted", "latest"):
+        if (path / pointer / "train" / "student" / SPEC_FILE).is_file():
+            return (path / pointer / "train" / "student").resolve()
+    raise DistillError(
+        f"{path}: no student here (looked for {SPEC_FILE} in it, train/student, promoted/ and latest/)"
+    )
+
+
 def load_student(folder: str | Path) -> tuple[Student, Any]:
     from safetensors import SafetensorError
     from safetensors.torch import load_model

@@ -370,14 +370,79 @@ def resume_from_checkpoint(recipe: Recipe) -> int:
     return start
 
 
-def export(recipe: Recipe, total_steps: int) -> None:
-    """The fp32 master weights of the final checkpoint as a self-contained student folder."""
+@dataclass
+class Validation:
+    """``train.validate_every``: the student's headline metric (accuracy, ROUGE-L) on each task's
+    first ``validation_rows`` validation rows, against gold, every N steps and at the end; the
+    best step (mean over tasks) is kept as checkpoint tag ``best`` and is what export writes.
+    Records go to ``train/validation.jsonl``."""
+
+    rows: dict[str, list[dict[str, Any]]]
+    path: Path
+    best: dict[str, Any] | None = None
+
+    @classmethod
+    def setup(cls, recipe: Recipe, start: int) -> Validation:
+        from distill.data import load_split
+
+        tc = recipe.cfg.train
+        rows = {
+            name: load_split(task.cfg, "validation")[: tc.validation_rows]
+            for name, task in recipe.tasks.items()
+            if "validation" in task.cfg.data
+        }
+        path = recipe.out / "validation.jsonl"
+        kept = [json.loads(x) for x in path.read_text().splitlines()] if start and path.is_file() else []
+        kept = [r for r in kept if r["step"] <= start]  # a resumed run redoes the later ones
+        if dist.is_main():
+            path.write_text("".join(json.dumps(r) + "\n" for r in kept))
+        best = max(kept, key=lambda r: r["score"], default=None)
+        if best is not None and checkpoint.best_step(recipe.ckpt_dir) != best["step"]:
+            best = None  # the tag holds a step this resumed run redoes: the next validation saves anew
+        return cls({k: v for k, v in rows.items() if v}, path, best)
+
+    def due(self, step: int, every: int, total: int) -> bool:
+        return step % every == 0 or step == total
+
+    def run(self, recipe: Recipe, step: int) -> dict[str, Any]:
+        import numpy as np
+
+        student = recipe.student
+        student.eval()
+        scores = {}
+        try:
+            with torch.no_grad():
+                for name, rows in self.rows.items():
+                    task = recipe.tasks[name]
+                    per_row = task.row_scores(recipe.cfg, rows, student, recipe.tokenizer)[task.headline]
+                    if not np.isnan(per_row).all():  # no gold on these rows: not a selection signal
+                        scores[name] = round(float(np.nanmean(per_row)), 5)
+        finally:
+            recipe.engine.train()
+        if not scores:
+            raise DistillError("train.validate_every: no validation row has a gold label or reference")
+        record = {"step": step, "scores": scores, "score": round(sum(scores.values()) / len(scores), 5)}
+        if dist.is_main():
+            with open(self.path, "a") as f:
+                f.write(json.dumps(record) + "\n")
+        if self.best is None or record["score"] > self.best["score"]:
+            self.best = record
+            client = {**recipe.client_state, "weighting_state": recipe.weighting.extra_state()}
+            checkpoint.save_best(recipe.engine, recipe.ckpt_dir, step, client)
+        return record
+
+
+def export(recipe: Recipe, total_steps: int, validation: Validation | None = None) -> None:
+    """The fp32 master weights of the final checkpoint (or, with validation, of the best step)
+    as a self-contained student folder."""
     tc = recipe.cfg.train
     save_checkpoint(recipe, total_steps)
     if not dist.is_main():
         return
+    best = validation.best if validation is not None else None
+    tag = checkpoint.BEST_TAG if best is not None else f"step-{total_steps:07d}"
     state = checkpoint.consolidated_state_dict(
-        recipe.ckpt_dir, f"step-{total_steps:07d}", zero_stage(recipe.ds_config), recipe.engine.module
+        recipe.ckpt_dir, tag, zero_stage(recipe.ds_config), recipe.engine.module
     )
     prefix = "student."
     student_state = {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
@@ -394,7 +459,10 @@ def export(recipe: Recipe, total_steps: int) -> None:
         "steps": total_steps,
         "token_kd_weight": tc.token_kd_weight,
         "warmup": recipe.student.warmup_record,
-    }
+        "selected": {"step": best["step"], "by": "validation", "validation": best}
+        if best is not None
+        else {"step": total_steps, "by": "last step"},
+    }  # the same record as the train manifest's "selected"
     spec = dataclasses.replace(recipe.student.spec, training=training)
     save_student(student_state, spec, recipe.tokenizer, recipe.out / "student", recipe.student.codec)
 
@@ -414,6 +482,7 @@ def run(cfg: PipelineConfig, resume: bool = False) -> dict[str, Any]:
     if dist.is_main():
         checkpoint.truncate_log(log_path, start)  # start 0: a fresh log
     exit_after = int(os.environ.get(EXIT_AFTER_STEP_ENV, "0"))
+    validation = Validation.setup(recipe, start) if tc.validate_every else None
     recipe.engine.train()
     with (
         timer.section("train"),
@@ -433,14 +502,22 @@ def run(cfg: PipelineConfig, resume: bool = False) -> dict[str, Any]:
                 log.flush()
             bar.update(1)
             bar.set_postfix({k: f"{v:.3f}" for k, v in record.items() if k in recipe.tasks or k == "loss"})
+            if validation is not None and validation.due(step + 1, tc.validate_every, total_steps):
+                with timer.section("validation"):
+                    validation.run(recipe, step + 1)
             if (step + 1) % tc.checkpoint_every == 0 and step + 1 < total_steps:
                 save_checkpoint(recipe, step + 1)
             if step + 1 == exit_after:
                 os._exit(1)  # the test hook: die like a killed process, with no cleanup
     with timer.section("export"):
-        export(recipe, total_steps)
+        export(recipe, total_steps, validation)
     dist.barrier()
     summary = _summary(recipe, start, log_path)
+    summary["selected"] = (
+        {"step": validation.best["step"], "by": "validation", "validation": validation.best}
+        if validation is not None and validation.best is not None
+        else {"step": total_steps, "by": "last step"}
+    )
     if dist.is_main():
         write_manifest(recipe.out, "train", cfg, timer, **summary)
     return summary

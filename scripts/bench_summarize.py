@@ -1,7 +1,8 @@
 """Which summarization student to ship: every student option trained and scored the same way.
 
     python scripts/bench_summarize.py [--pipeline pipelines/summarize.yaml] [--out runs/bench_summarize]
-                                      [--options a,b,...] [--decoding-of OPTION]
+                                      [--options a,b,...] [--append] [--decoding-of OPTION]
+                                      [--decoding-rows N]
 
 1. ``distill teach`` the pipeline once (cached: a rerun asks the teacher nothing). Every option
    learns from the same teacher answers (its run folder links the pipeline's ``teach``).
@@ -10,7 +11,9 @@
    sets one. Train time is the wall clock of ``distill train`` (student build, the warm-up
    when it is not cached yet, training, export).
 3. Decoding (``DECODING``) is then varied at eval only, on the best option (or --decoding-of):
-   its trained student is linked, not retrained.
+   its trained student is linked, not retrained, and every variant (greedy too) is scored on
+   the same first ``--decoding-rows`` test documents per task (4 beams cost ~4 greedy decodes).
+   ``--options "" --append`` runs only this step on the options already stored.
 
 From each eval report: ROUGE-L of student and teacher vs the references and student vs teacher
 (95% bootstrap intervals), the Lead baselines, degeneration on plain greedy output (distinct
@@ -38,6 +41,13 @@ LAYERS = [
     # A step of four Qwen layers over a ~220-token prompt costs ~4× a bert2bert step on 2 cores.
     "train.steps=60",
 ]
+SMOLLM2 = [
+    "train.student.summarizer=teacher_layers",
+    "train.student.decoder_source=smollm2-135m-instruct",
+    "train.student.decoder_layers=30",
+    # Its whole vocabulary: a head cut to the corpus spells unseen names in odd pieces.
+    "train.student.decoder_vocab=full",
+]
 OPTIONS: dict[str, list[str]] = {
     # 1. The MiniLM encoder with a decoder warm-started from the same weights. 300 steps of both
     # tasks are 600 decoder batches of 8 (the issue's single-task runs: 150 and 350 batches).
@@ -57,14 +67,10 @@ OPTIONS: dict[str, list[str]] = {
     # recovery, and evenly spaced layers instead of measured ones.
     # Not the teacher's layers but a smaller pretrained chat model's, all 30 of them (SmolLM2-135M,
     # byte-level BPE; it learns the teacher's text, not its tokens): a decoder that writes English.
-    "smollm2": [
-        "train.student.summarizer=teacher_layers",
-        "train.student.decoder_source=smollm2-135m-instruct",
-        "train.student.decoder_layers=30",
-        # Its whole vocabulary: a head cut to the corpus spells unseen names in odd pieces.
-        "train.student.decoder_vocab=full",
-        "train.steps=40",
-    ],
+    "smollm2": [*SMOLLM2, "train.steps=40"],
+    # The same decoder before any distillation (one step at lr 0: the zero-initialised bridge
+    # stays zero): what SmolLM2-Instruct writes from the teacher's prompt on its own.
+    "smollm2_untrained": [*SMOLLM2, "train.steps=1", "train.lr=0"],
     "layers4": LAYERS,
     "layers4_uniform+token_kd": [*LAYERS, "train.student.layer_choice=uniform", "train.token_kd_weight=0.5"],
 }
@@ -173,21 +179,41 @@ def run_option(pipeline: Path, base: Path, out: Path, name: str, overrides: list
     }
 
 
-def run_decoding(pipeline: Path, base: Path, out: Path, option: str, trained: Path) -> dict[str, Any]:
+def first_rows(teach: Path, into: Path, tasks: list[str], rows: int) -> None:
+    """A teach folder whose test split holds the first ``rows`` documents of each task (eval
+    scores what teach wrote) and links everything else, so the student's provenance (the
+    train outputs' hash) still matches."""
+    if into.is_symlink():  # an older layout linked the whole teach folder: never write through it
+        into.unlink()
+    for task in tasks:
+        folder = into / task
+        folder.mkdir(parents=True, exist_ok=True)
+        for source in (teach / task).iterdir():
+            target = folder / source.name
+            if target.is_symlink() or target.exists():
+                target.unlink()
+            if source.name == "test.jsonl":
+                target.write_text("".join(source.read_text().splitlines(keepends=True)[:rows]))
+            else:
+                target.symlink_to(source.resolve())
+
+
+def run_decoding(
+    pipeline: Path, base: Path, out: Path, option: str, trained: Path, tasks: list[str], rows: int
+) -> dict[str, Any]:
+    """Every variant, greedy included, re-evaluated on the first ``rows`` test documents of
+    each task (beams cost several greedy decodes), so they compare on the same rows."""
     results = {}
     for name, overrides in DECODING.items():
-        if not overrides:
-            report = json.loads((trained / "eval" / "report.json").read_text())
-            results[name] = {"overrides": [], "tasks": {t: task_figures(report, t) for t in report["tasks"]}}
-            continue
         run_dir = out / f"decoding_{option.replace('+', '_')}_{name.replace('+', '_')}"
-        link(run_dir, "teach", base / "teach")
+        first_rows(base / "teach", run_dir / "teach", tasks, rows)
         link(run_dir, "train", trained / "train")
-        sets = [a for o in [*overrides, f"run_dir={run_dir}"] for a in ("--set", o)]
+        # speed is not what these compare
+        sets = [a for o in [*overrides, "eval.speed_budget_s=5", f"run_dir={run_dir}"] for a in ("--set", o)]
         eval_s = distill("eval", str(pipeline), *sets)
         report = json.loads((run_dir / "eval" / "report.json").read_text())
-        tasks = {t: task_figures(report, t) for t in report["tasks"]}
-        results[name] = {"overrides": overrides, "eval_s": round(eval_s, 1), "tasks": tasks}
+        figures = {t: task_figures(report, t) for t in report["tasks"]}
+        results[name] = {"overrides": overrides, "rows": rows, "eval_s": round(eval_s, 1), "tasks": figures}
     return results
 
 
@@ -233,18 +259,27 @@ def markdown(result: dict[str, Any]) -> str:
                 ]) + " |"
             )  # fmt: skip
     if result.get("decoding"):
-        lines += ["", f"Decoding of {result['decoding_of']} (eval only):", ""]
+        rows = next(iter(result["decoding"].values())).get("rows")
+        of = result["decoding_of"]
+        lines += ["", f"Decoding of {of} (eval only, first {rows} test documents per task):", ""]
         lines += [
-            "| decoding | task | ROUGE-L | greedy ROUGE-L | words | student vs teacher |",
-            "|---|---|---|---|---|---|",
+            "| decoding | task | ROUGE-L [95% CI] | greedy ROUGE-L | rep. 3-grams (greedy) | words | "
+            "student vs teacher | eval s |",
+            "|---|---|---|---|---|---|---|---|",
         ]
         for name, dec in result["decoding"].items():
             for task, f in dec["tasks"].items():
-                lines.append(
-                    f"| {name} | {task} | {_f(f['student_rougeL'])} "
-                    f"| {_f(f['greedy_rougeL'] or f['student_rougeL'])} "
-                    f"| {_f(f['mean_words'], 1)} | {_f(f['student_vs_teacher_rougeL'])} |"
-                )
+                ci = f["student_rougeL_ci95"]
+                cells = [
+                    name, task,
+                    _f(f["student_rougeL"]) + (f" [{_f(ci[0])}, {_f(ci[1])}]" if ci else ""),
+                    _f(f["greedy_rougeL"] or f["student_rougeL"]),
+                    _percent(f["repeated_3grams"]),
+                    _f(f["mean_words"], 1),
+                    _f(f["student_vs_teacher_rougeL"]),
+                    _f(dec.get("eval_s"), 0),
+                ]  # fmt: skip
+                lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 
@@ -262,6 +297,9 @@ def main() -> None:
         "--decoding-of",
         default=None,
         help="option whose student the decoding variants use (default: the best)",
+    )
+    parser.add_argument(
+        "--decoding-rows", type=int, default=40, help="test documents per task for the decoding variants"
     )
     args = parser.parse_args()
     names = [n for n in args.options.split(",") if n]
@@ -291,7 +329,8 @@ def main() -> None:
         raise SystemExit(f"--decoding-of {best}: not among the options run")
     result["decoding_of"] = best
     trained = args.out / best.replace("+", "_")
-    result["decoding"] = run_decoding(args.pipeline, base, args.out, best, trained)
+    tasks = list(result["options"][best]["tasks"])
+    result["decoding"] = run_decoding(args.pipeline, base, args.out, best, trained, tasks, args.decoding_rows)
     result["total_s"] = round(time.perf_counter() - started, 1)
     table = markdown(result)
     (args.out / "bench_summarize.json").write_text(json.dumps(result, indent=2) + "\n")

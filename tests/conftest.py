@@ -258,3 +258,23 @@ def tiny_bpe_teacher(tmp_path_factory, bpe_tokenizer) -> str:
     Qwen2ForCausalLM(config).save_pretrained(folder)
     bpe_tokenizer.save_pretrained(folder)
     return str(folder)
+
+
+@pytest.fixture(scope="session")
+def trained_run(tmp_path_factory, tiny_encoder, tiny_teacher) -> Path:
+    """One tiny pipeline taught, trained and evaluated once per session (a classification task
+    ``reviews`` and a BERT2BERT summarization task ``papers``): the run folder
+    (``run/{teach,train,eval}``; its ``pipeline.yaml`` beside it). Read it; copy it to change it."""
+    import os
+    import subprocess
+    import sys
+
+    root = tmp_path_factory.mktemp("trained_run")
+    path = write_pipeline(root, pipeline_dict(root, tiny_encoder, tiny_teacher))
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    for stage in ("teach", "train", "eval"):
+        proc = subprocess.run(
+            [sys.executable, "-m", "distill.cli", stage, str(path)], capture_output=True, text=True, env=env
+        )
+        assert proc.returncode == 0, f"distill {stage}: {proc.stderr[-2000:]}"
+    return root / "run"

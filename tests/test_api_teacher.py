@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from distill.config import load_pipeline
+from distill.runs import EXIT_TEACHER
 from distill.teach import failed_items, output_path
 from distill.teach import run as teach
 from distill.teacher.answers import distribution_from_logprobs, match_label
@@ -115,7 +116,7 @@ def test_faults_end_labeled_or_listed_and_rerun_asks_only_failures(tmp_path, tin
     cfg = load_pipeline(path)
     server.faults = {k: list(v) for k, v in FAULTS.items()}
     first = distill_cli("teach", str(path))
-    assert first.returncode == 1, first.stderr
+    assert first.returncode == EXIT_TEACHER, first.stderr
     assert "the teacher failed 3 items" in first.stderr
     failed = {f["id"]: f["reason"] for f in failed_items(cfg)}
     assert set(failed) == {"train-6", "train-7", "train-9"}
@@ -181,7 +182,7 @@ def test_killed_online_teach_never_asks_a_cached_answer_again(tmp_path, tiny_enc
 def test_budget_stops_cleanly_and_the_rest_follows_later(tmp_path, tiny_encoder, server):
     path = api_pipeline(tmp_path, tiny_encoder, server.url, concurrency=1)
     result = distill_cli("teach", str(path), "--max-requests", "5")
-    assert result.returncode == 1
+    assert result.returncode == EXIT_TEACHER
     assert len(server.log) == 5
     reasons = {f["reason"] for f in failed_items(load_pipeline(path))}
     assert reasons == {"budget: max_requests 5 reached"}
@@ -482,6 +483,7 @@ def test_llama_cpp_server_teaches_and_the_student_trains_on_it(tmp_path, tiny_en
     )
     assert result.returncode == 0, result.stderr[-3000:]
     cfg = load_pipeline(path)
+    cfg.run_dir = str(cfg.path / "latest")  # `distill run` writes a folder per run
     rows = rows_of(cfg, "reviews", "train")
     assert len(rows) == 12 and data["teach"]["teacher"]["backend"] == "openai"
     for r in rows:

@@ -12,6 +12,7 @@ from safetensors.torch import load_file
 
 from distill.checkpoint import truncate_log
 from distill.config import ConfigError, TrainConfig, load_pipeline
+from distill.runs import EXIT_CONFIG, EXIT_GATES
 from distill.student import load_student
 from distill.teach import outputs_sha256
 from distill.train import EXIT_AFTER_STEP_ENV, deepspeed_config
@@ -115,7 +116,7 @@ def test_teach_train_eval_end_to_end(pipeline):
         assert manifest["versions"]["deepspeed"] and manifest["config"]["run_dir"] == str(run_dir)
 
     failing = distill("eval", pipeline, "--set", "eval.gates={reviews.student.accuracy: 1.01}", check=False)
-    assert failing.returncode == 1 and "gates failed: reviews.student.accuracy" in failing.stderr
+    assert failing.returncode == EXIT_GATES and "gates failed: reviews.student.accuracy" in failing.stderr
 
 
 def test_killed_training_resumes_exactly(tmp_path, tiny_encoder, tiny_teacher):
@@ -239,6 +240,7 @@ def test_bf16_sentence_pairs_gold_labels_and_provenance(tmp_path, tiny_encoder, 
         "steps": 4,
         "token_kd_weight": 0.0,
         "warmup": None,
+        "selected": {"step": 4, "by": "last step"},
     }
     manifest = json.loads((run_dir / "train" / "manifest.json").read_text())
     teach_manifest = json.loads((run_dir / "teach" / "manifest.json").read_text())
@@ -320,6 +322,6 @@ def test_bad_pipeline_is_one_clear_line(tmp_path):
     path = tmp_path / "p.yaml"
     path.write_text("run_dir: x\ntasks: []\nteach: {teacher: {model: m, temperature: 2}}\n")
     proc = distill("teach", path, check=False)
-    assert proc.returncode == 2
+    assert proc.returncode == EXIT_CONFIG
     [line] = proc.stderr.strip().splitlines()
     assert line.startswith(f"error: {path}: teach.teacher.temperature: unknown key (known: backend, model, ")

@@ -117,8 +117,9 @@ class Task:
         student: Student,
         tokenizer: Any,
         resamples: np.ndarray,
-    ) -> dict[str, Any]:
-        """This task's report section, every figure with its bootstrap interval."""
+    ) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+        """This task's report section, every figure with its bootstrap interval, and the
+        student's per-row scores behind it (what ``row_scores`` returns)."""
         raise NotImplementedError
 
     headline: ClassVar[str]
@@ -190,3 +191,22 @@ def task_for(cfg: TaskConfig) -> Task:
 
 def tasks_for(pipeline: PipelineConfig) -> list[Task]:
     return [task_for(t) for t in pipeline.tasks]
+
+
+def task_from_student(name: str, entry: dict[str, Any]) -> Task:
+    """The task ``name`` of a saved student, rebuilt from its spec entry alone (a student folder
+    has no pipeline file), for the student side only: encode, student_probs and
+    student_summaries read the name, kind, labels and prefix (and the student's spec for the
+    rest); verbalizers and data, which only the teacher and the data loader read, are unknown."""
+    from distill.config import TaskConfig
+
+    return task_for(
+        TaskConfig(
+            name=name,
+            kind=entry["kind"],
+            data={},
+            labels={label: label for label in entry["labels"] or []},
+            text_pair_field="text_pair" if entry["kind"] == "sentence_pair" else None,
+            prefix=entry.get("prefix"),
+        )
+    )

@@ -283,7 +283,8 @@ class Classification(Task):
         probs = self.student_probs(student, tokenizer, rows, pipeline.eval.batch_size)
         train_rows = read_jsonl(output_path(pipeline, self.name, "train"))
         min_mass = pipeline.teach.teacher.min_label_mass
-        return classification_metrics(self.cfg, rows, probs, train_rows, resamples, min_mass)
+        section = classification_metrics(self.cfg, rows, probs, train_rows, resamples, min_mass)
+        return section, self._scores(probs.argmax(-1), rows)
 
     def _scores(self, predicted: np.ndarray, rows) -> dict[str, np.ndarray]:
         gold = np.array([self.labels.index(r["label"]) if r["label"] is not None else -1 for r in rows])

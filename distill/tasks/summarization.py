@@ -236,13 +236,15 @@ class Summarization(Task):
         decoding = self.decoding(pipeline)
         greedy, cut = self.student_summaries(student, tokenizer, rows, ec.batch_size, ec.max_new_tokens)
         if decoding.greedy:
-            return summary_metrics(rows, greedy, resamples, student_cut=cut, decoding=asdict(decoding))
+            section = summary_metrics(rows, greedy, resamples, student_cut=cut, decoding=asdict(decoding))
+            return section, self._scores(greedy, rows)
         predicted, _ = self.student_summaries(
             student, tokenizer, rows, ec.batch_size, ec.max_new_tokens, decoding
         )
-        return summary_metrics(
+        section = summary_metrics(
             rows, predicted, resamples, student_cut=cut, greedy=greedy, decoding=asdict(decoding)
         )
+        return section, self._scores(predicted, rows)
 
     def _scores(self, predicted: list[str], rows) -> dict[str, np.ndarray]:
         """ROUGE F of each summary against its reference (NaN without one)."""
