@@ -38,7 +38,7 @@ import torch
 
 from distill.decoders import prompt_parts
 from distill.errors import DistillError
-from distill.tasks import task_from_student
+from distill.tasks import kind_class, task_from_student
 
 EXPORT_FILE = "export.json"
 MODELING_FILE = "modeling_distill.py"
@@ -126,7 +126,7 @@ def _probe_rows(entry: dict[str, Any], max_length: int) -> list[dict[str, Any]]:
     texts = [PROBE_TEXTS[0], long]
     if entry["labels"] is None:
         return [{"document": t} for t in texts]
-    if entry["kind"] == "sentence_pair":
+    if kind_class(entry["kind"]).pairs:
         return [{"text": t, "text_pair": t[::-1]} for t in texts]
     return [{"text": t} for t in texts]
 
@@ -232,7 +232,7 @@ def _check_classifier(
 ) -> dict:
     labels = student.spec.tasks[name]["labels"]
     ours = task_from_student(name, student.spec.tasks[name]).student_probs(student, tokenizer, rows, 8)
-    theirs = exported_probs(folder, rows, labels, student.spec.tasks[name]["kind"] == "sentence_pair")
+    theirs = exported_probs(folder, rows, labels, kind_class(student.spec.tasks[name]["kind"]).pairs)
     diff = float(np.abs(ours - theirs).max())
     return {
         "rows": len(rows),
@@ -256,7 +256,7 @@ def _write_bert2bert(student: Any, tokenizer: Any, name: str, folder: Path, max_
     generation.save_pretrained(folder)
     _save_tokenizer(tokenizer, folder, student.spec.max_document_length)
     return {
-        "kind": "summarization",
+        "kind": student.spec.tasks[name]["kind"],
         "summarizer": "bert2bert",
         "loads_with": "transformers.AutoModelForSeq2SeqLM.from_pretrained(DIR) (EncoderDecoderModel)",
         "why_not_pipeline": "transformers 5 removed the summarization pipeline; call generate",
@@ -375,7 +375,7 @@ def _write_causal(student: Any, name: str, folder: Path, max_new: int) -> dict[s
             "outputs stay inside the kept ids through generation_config.suppress_tokens)"
         )
     return {
-        "kind": "summarization",
+        "kind": student.spec.tasks[name]["kind"],
         "summarizer": "teacher_layers",
         "architecture": type(model).__name__,
         "loads_with": "transformers.pipeline('text-generation', model=DIR) / AutoModelForCausalLM",

@@ -350,8 +350,8 @@ def create_app(
         task = service.task(body.task, "task", writes=False)
         check_texts(body.texts, "texts", max_chars)
         rows: list[dict[str, Any]] = [{"text": t} for t in body.texts]
-        if (task.kind == "sentence_pair") != (body.text_pairs is not None):
-            need = "needs text_pairs" if task.kind == "sentence_pair" else "takes no text_pairs"
+        if task.pairs != (body.text_pairs is not None):
+            need = "needs text_pairs" if task.pairs else "takes no text_pairs"
             raise ServeError(400, f"text_pairs: {task.name!r} is a {task.kind} task and {need}", "text_pairs")
         if body.text_pairs is not None:
             if len(body.text_pairs) != len(body.texts):

@@ -263,3 +263,30 @@ def test_validation_every_n_steps_exports_the_best_step(tmp_path, tiny_encoder, 
     name = "heads.reviews.1.weight"
     assert torch.equal(exported[name], tagged[BEST_TAG]["student." + name])
     assert best["step"] == 6 or not torch.equal(exported[name], tagged["step-0000006"]["student." + name])
+
+
+def test_a_killed_run_resumes_and_a_failed_one_is_recorded(tmp_path, tiny_encoder, tiny_teacher):
+    """Killed mid-training (no cleanup): the run folder says running, `run --resume` finishes
+    that same run from its checkpoint. Bad data: exit 2, recorded with the culprit named."""
+    from distill.train import EXIT_AFTER_STEP_ENV
+
+    data = pipeline_dict(tmp_path, tiny_encoder, tiny_teacher, steps=6, checkpoint_every=2)
+    path = write_pipeline(tmp_path, data)
+    root = tmp_path / "run"
+    died = distill("run", path, check=False, env_extra={EXIT_AFTER_STEP_ENV: "3"})
+    assert died.returncode == 1 and not (root / "history.jsonl").exists()  # no cleanup ran
+    (folder,) = [p for p in root.iterdir() if p.is_dir()]
+    assert json.loads((folder / "run.json").read_text())["status"] == "running"
+    resumed = distill("run", path, "--resume")
+    said = resumed.stdout + resumed.stderr
+    assert "resumed from" in said and "step-0000002" in said
+    (record,) = history(root)
+    assert record["id"] == folder.name and record["status"] == "complete"
+    assert os.readlink(root / LATEST) == folder.name
+
+    data["tasks"][0]["data"]["test"] = str(tmp_path / "gone.jsonl")
+    (tmp_path / "gone.jsonl").write_text("{not json\n")
+    broken = distill("run", write_pipeline(tmp_path, data), check=False)
+    assert broken.returncode == 2  # bad data is the user's to fix: a clear error, not a crash
+    last = history(root)[-1]
+    assert last["status"] == "error" and "gone.jsonl" in last["error"]

@@ -122,6 +122,9 @@ class Task:
         student's per-row scores behind it (what ``row_scores`` returns)."""
         raise NotImplementedError
 
+    pairs: ClassVar[bool] = False
+    """Whether a row is two texts (``text``, ``text_pair``) rather than one."""
+
     headline: ClassVar[str]
     """The per-row metric ``row_scores`` returns and `distill ablate` compares systems on."""
 
@@ -206,7 +209,7 @@ def task_from_student(name: str, entry: dict[str, Any]) -> Task:
             kind=entry["kind"],
             data={},
             labels={label: label for label in entry["labels"] or []},
-            text_pair_field="text_pair" if entry["kind"] == "sentence_pair" else None,
+            text_pair_field="text_pair" if kind_class(entry["kind"]).pairs else None,
             prefix=entry.get("prefix"),
         )
     )

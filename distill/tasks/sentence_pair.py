@@ -16,6 +16,7 @@ from distill.tasks.classification import Classification
 
 class SentencePair(Classification):
     kind = "sentence_pair"
+    pairs = True
 
     @classmethod
     def check_config(cls, cfg) -> None:
