@@ -299,7 +299,10 @@ def main() -> None:
         help="option whose student the decoding variants use (default: the best)",
     )
     parser.add_argument(
-        "--decoding-rows", type=int, default=40, help="test documents per task for the decoding variants"
+        "--decoding-rows",
+        type=int,
+        default=40,
+        help="test documents per task for the decoding variants (0: skip)",
     )
     args = parser.parse_args()
     names = [n for n in args.options.split(",") if n]
@@ -315,7 +318,8 @@ def main() -> None:
     result: dict[str, Any] = {"pipeline": str(args.pipeline), "teach_s": round(teach_s, 1), "options": {}}
     stored = args.out / "bench_summarize.json"
     if args.append and stored.is_file():
-        result["options"] = json.loads(stored.read_text())["options"]
+        kept = json.loads(stored.read_text())
+        result.update({k: kept[k] for k in ("options", "decoding_of", "decoding") if k in kept})
     for name in names:
         result["options"][name] = run_option(args.pipeline, base, args.out, name, OPTIONS[name])
         (args.out / "bench_summarize.json").write_text(json.dumps(result, indent=2) + "\n")
@@ -324,13 +328,16 @@ def main() -> None:
         tasks = result["options"][name]["tasks"].values()
         return sum(f["student_rougeL"] / f["teacher_rougeL"] for f in tasks) / len(tasks)
 
-    best = args.decoding_of or max(result["options"], key=score)
-    if best not in result["options"]:
-        raise SystemExit(f"--decoding-of {best}: not among the options run")
-    result["decoding_of"] = best
-    trained = args.out / best.replace("+", "_")
-    tasks = list(result["options"][best]["tasks"])
-    result["decoding"] = run_decoding(args.pipeline, base, args.out, best, trained, tasks, args.decoding_rows)
+    if args.decoding_rows:  # else the decoding results already stored, if any, stay
+        best = args.decoding_of or max(result["options"], key=score)
+        if best not in result["options"]:
+            raise SystemExit(f"--decoding-of {best}: not among the options run")
+        result["decoding_of"] = best
+        trained = args.out / best.replace("+", "_")
+        tasks = list(result["options"][best]["tasks"])
+        result["decoding"] = run_decoding(
+            args.pipeline, base, args.out, best, trained, tasks, args.decoding_rows
+        )
     result["total_s"] = round(time.perf_counter() - started, 1)
     table = markdown(result)
     (args.out / "bench_summarize.json").write_text(json.dumps(result, indent=2) + "\n")
