@@ -69,7 +69,8 @@ def git_commit() -> str | None:
     return head.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "")
 
 
-def _now() -> str:
+def now() -> str:
+    """Local time with its UTC offset, as every record (manifests, runs) writes it."""
     return time.strftime("%Y-%m-%dT%H:%M:%S%z")
 
 
@@ -78,7 +79,7 @@ class Timer:
 
     def __init__(self) -> None:
         self.seconds: dict[str, float] = {}
-        self.started_at = _now()
+        self.started_at = now()
 
     @contextmanager
     def section(self, name: str):
@@ -95,7 +96,7 @@ def write_manifest(stage_dir: Path, stage: str, cfg: PipelineConfig, timer: Time
     manifest = {
         "stage": stage,
         "started_at": timer.started_at,
-        "finished_at": _now(),
+        "finished_at": now(),
         "host": socket.gethostname(),
         "git_commit": git_commit(),
         "config": cfg.to_dict(),

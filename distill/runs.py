@@ -32,6 +32,7 @@ import numpy as np
 from distill.config import PipelineConfig
 from distill.data import source_fingerprint
 from distill.errors import DistillError
+from distill.manifest import now
 
 RUN_FILE = "run.json"
 HISTORY_FILE = "history.jsonl"
@@ -118,10 +119,6 @@ def _holder(text: str) -> dict[str, Any]:
 
 def holder_record(run: str) -> dict[str, Any]:
     return {"pid": os.getpid(), "host": socket.gethostname(), "run_id": run, "started": now()}
-
-
-def now() -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%S%z")
 
 
 def write_json_atomic(path: Path, data: Any) -> None:
