@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
 import time
@@ -280,7 +281,7 @@ def _scheduled(
     cfg.run_dir = str(root / rid)
     cfg.path.mkdir(parents=True, exist_ok=True)
     record: dict = {"id": rid, "pipeline": str(pipeline), "started": runs.now(), "status": "running"}
-    record.update(host=runs.holder_record(rid)["host"], pid=os.getpid(), overrides=overrides)
+    record.update(host=socket.gethostname(), pid=os.getpid(), overrides=overrides)
     runs.write_json_atomic(cfg.path / runs.RUN_FILE, record)
     timings: dict[str, float] = {}
     code = 0
@@ -384,12 +385,14 @@ def export_(
     _quiet()
     from distill.export import export, teach_rows
 
-    rows = {t: teach_rows(path, t, "test", measure) for t in task} if measure and task else None
-    if measure and not task:
-        from distill.student import load_student, resolve_student_dir
+    rows = None
+    if measure:  # every task of the student unless --task: its spec names them, no weights needed
+        import json
 
-        student, _ = load_student(resolve_student_dir(path))
-        rows = {t: teach_rows(path, t, "test", measure) for t in student.spec.tasks}
+        from distill.student import SPEC_FILE, resolve_student_dir
+
+        names = task or list(json.loads((resolve_student_dir(path) / SPEC_FILE).read_text())["tasks"])
+        rows = {t: teach_rows(path, t, "test", measure) for t in names}
     record = export(path, out, task or None, rows, max_new_tokens)
     for name, entry in record["tasks"].items():
         exact = "exact" if entry.get("exact") else "NOT exact: " + "; ".join(entry["not_exact_because"])
