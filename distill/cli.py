@@ -12,8 +12,8 @@ from pathlib import Path
 
 import typer
 
-from distill.errors import DistillError
-from distill.runs import EXIT_CONFIG, EXIT_GATES, EXIT_LOCKED, EXIT_TEACHER, RunLocked
+from distill.core.errors import DistillError
+from distill.ops.runs.records import EXIT_CONFIG, EXIT_GATES, EXIT_LOCKED, EXIT_TEACHER, RunLocked
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
 
@@ -34,7 +34,7 @@ def _quiet() -> None:
 
 
 def _load(path: Path, overrides: list[str]):
-    from distill.config import load_pipeline
+    from distill.pipeline import load as load_pipeline
 
     return load_pipeline(path, overrides)
 
@@ -50,7 +50,8 @@ def _budget(overrides: list[str], max_cost: float | None, max_requests: int | No
 
 
 def _exit_on_failed_items(cfg, summary: dict) -> None:
-    from distill.teach import failed_items, failures_path
+    from distill.core.layout import failures_path
+    from distill.teach.run import failed_items
 
     _echo_usage(summary["teacher"]["usage"])
     if summary["complete"]:
@@ -125,7 +126,7 @@ def teach(
     if shard and merge:
         raise DistillError("--shard and --merge: one at a time (label the shards, then merge them)")
     _quiet()
-    from distill import teach as stage
+    from distill.teach import run as stage
 
     if merge:
         merged = stage.merge(cfg, from_)
@@ -208,12 +209,12 @@ def train(
     """Train the multi-task student inside DeepSpeed and export it."""
     cfg = _load(pipeline, set_)
     if _launched(nproc, hostfile):
-        from distill.distributed import free_port
+        from distill.train.distributed import free_port
 
         args = [str(pipeline), *(a for o in set_ for a in ("--set", o)), *(["--resume"] if resume else [])]
         raise typer.Exit(subprocess.call(train_command(args, nproc, hostfile, num_nodes, free_port())))
     _quiet()
-    from distill import train as stage
+    from distill.train import run as stage
 
     summary = stage.run(cfg, resume=resume)
     typer.echo(f"train: {summary['steps']} steps → {cfg.path / 'train' / 'student'}", err=True)
@@ -224,8 +225,8 @@ def eval_(pipeline: Path = PIPELINE, set_: list[str] = SET) -> None:
     """Compare student, teacher and gold; exits 1 when a configured gate fails."""
     cfg = _load(pipeline, set_)
     _quiet()
-    from distill import evaluation as stage
-    from distill.report import markdown
+    from distill.eval import run as stage
+    from distill.eval.report.markdown import markdown
 
     report = stage.run(cfg)
     typer.echo(markdown(report))
@@ -250,7 +251,7 @@ def run(
     overrides = _budget(set_, max_cost, max_requests)
     cfg = _load(pipeline, overrides)
     _quiet()
-    from distill import runs
+    from distill.ops.runs import records as runs
 
     root = cfg.path
     rid = (runs.resumable(root) if resume else None) or runs.run_id(cfg)
@@ -274,8 +275,10 @@ def _scheduled(
     hostfile: Path | None, num_nodes: int | None,
 ) -> int:  # fmt: skip
     """One scheduled run in ``run_dir/<rid>``; records it (run.json, history) whatever happens."""
-    from distill import evaluation, runs, teach
-    from distill.report import markdown
+    from distill.eval import run as evaluation
+    from distill.eval.report.markdown import markdown
+    from distill.ops.runs import records as runs
+    from distill.teach import run as teach
 
     root, started = cfg.path, time.time()
     cfg.run_dir = str(root / rid)
@@ -298,14 +301,14 @@ def _scheduled(
         _exit_on_failed_items(cfg, summary)
         start = time.perf_counter()
         if _launched(nproc, hostfile):
-            from distill.distributed import free_port
+            from distill.train.distributed import free_port
 
             args = [str(pipeline), *(a for o in [*overrides, f"run_dir={cfg.path}"] for a in ("--set", o))]
             args += ["--resume"] if resume else []
             if subprocess.call(train_command(args, nproc, hostfile, num_nodes, free_port())) != 0:
                 raise RuntimeError("the launched training processes failed (their output is above)")
         else:
-            from distill import train
+            from distill.train import run as train
 
             train.run(cfg, resume=resume)
         timings["train"] = time.perf_counter() - start
@@ -350,7 +353,7 @@ def _scheduled(
 def runs_(pipeline: Path = PIPELINE, set_: list[str] = SET) -> None:
     """The history of scheduled runs of a pipeline (run_dir/history.jsonl), oldest first."""
     cfg = _load(pipeline, set_)
-    from distill import runs
+    from distill.ops.runs import records as runs
 
     typer.echo(runs.history_table(runs.history(cfg.path), runs.pointed(cfg.path, runs.PROMOTED)))
 
@@ -361,7 +364,7 @@ def ablate(pipeline: Path = PIPELINE, set_: list[str] = SET) -> None:
     baselines and the pipeline's ablate.variants over ablate.seeds; write ablation.json/.md."""
     cfg = _load(pipeline, set_)  # validates, ablate section included, before anything runs
     _quiet()
-    from distill import ablate as stage
+    from distill.ops import ablate as stage
 
     table = stage.run(pipeline, set_)
     typer.echo(stage.markdown(table))
@@ -383,13 +386,13 @@ def export_(
     """Write each task of a student as a folder plain transformers loads (a text-classification
     model; a seq2seq or causal-LM summarizer), checked against the student."""
     _quiet()
-    from distill.export import export, teach_rows
+    from distill.ship.export.run import export, teach_rows
 
     rows = None
     if measure:  # every task of the student unless --task: its spec names them, no weights needed
         import json
 
-        from distill.student import SPEC_FILE, resolve_student_dir
+        from distill.core.layout import SPEC_FILE, resolve_student_dir
 
         names = task or list(json.loads((resolve_student_dir(path) / SPEC_FILE).read_text())["tasks"])
         rows = {t: teach_rows(path, t, "test", measure) for t in names}
@@ -415,7 +418,7 @@ def serve(
     """Serve a trained student over HTTP: POST /v1/classify, OpenAI-compatible
     /v1/chat/completions and /v1/completions (summaries), GET /health and /metrics."""
     _quiet()
-    from distill.serve import serve as run_server
+    from distill.ship.serve.app import serve as run_server
 
     run_server(path, host, port, max_batch, max_wait_ms, max_chars, device, max_batch_tokens=max_batch_tokens)
 

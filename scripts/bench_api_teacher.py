@@ -21,11 +21,11 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from distill.cache import AnswerCache  # noqa: E402
-from distill.config import TaskConfig, TeacherConfig  # noqa: E402
-from distill.prompts import classification_prompt, template_version  # noqa: E402
-from distill.teacher import CachedTeacher  # noqa: E402
-from distill.teacher.api import APITeacher  # noqa: E402
+from distill.core.config import TaskConfig, TeacherConfig  # noqa: E402
+from distill.teach.cache import AnswerCache  # noqa: E402
+from distill.teach.prompts import classification_prompt, template_version  # noqa: E402
+from distill.teach.teachers.cached import CachedTeacher  # noqa: E402
+from distill.teach.teachers.openai.client import APITeacher  # noqa: E402
 
 TASK = TaskConfig(name="reviews", kind="classification", data={}, labels={"great": "great", "other": "other"})
 

@@ -42,7 +42,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from distill.export import (  # noqa: E402
+from distill.ship.export.run import (  # noqa: E402
     causal_summaries,
     pipeline_messages,
     pipeline_probs,
@@ -228,7 +228,7 @@ def pipeline_call(folder: Path, tok: Any, instruction: str, n: int) -> Callable[
 def summary_figures(variant, texts, rate, rows, done) -> dict[str, Any]:
     """Figures of one variant's summaries of the first len(texts) rows, each against the
     student's summaries of the same rows."""
-    from distill.stats import rouge_per_row
+    from distill.eval.stats import rouge_per_row
 
     n = len(texts)
     references = [r.get("reference") or "" for r in rows[:n]]
@@ -304,8 +304,9 @@ def main() -> None:
 
     import transformers
 
-    from distill.export import export
-    from distill.student import load_student, resolve_student_dir
+    from distill.core.layout import resolve_student_dir
+    from distill.ship.export.run import export
+    from distill.student.model import load_student
 
     transformers.logging.set_verbosity_error()
     transformers.utils.logging.disable_progress_bar()

@@ -31,7 +31,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from distill.manifest import latency_percentiles  # noqa: E402
+from distill.core.manifest import latency_percentiles  # noqa: E402
 
 DEFAULT_STUDENT = REPO / "runs" / "demo_smol" / "train" / "student"
 LEVELS = (1, 8, 32)
@@ -265,8 +265,8 @@ def parse_args() -> argparse.Namespace:
 
 def main() -> None:
     args = parse_args()
-    from distill.errors import DistillError
-    from distill.student import SPEC_FILE, resolve_student_dir
+    from distill.core.errors import DistillError
+    from distill.core.layout import SPEC_FILE, resolve_student_dir
 
     if args.student is None and not DEFAULT_STUDENT.is_dir():
         raise SystemExit(f"no student at {DEFAULT_STUDENT}: pass one with --student PATH")

@@ -309,7 +309,7 @@ def main() -> None:
     unknown = [n for n in names if n not in OPTIONS]
     if unknown:
         raise SystemExit(f"--options: unknown {unknown}; known: {', '.join(OPTIONS)}")
-    from distill.config import load_pipeline
+    from distill.pipeline import load as load_pipeline
 
     base = load_pipeline(args.pipeline).path
     args.out.mkdir(parents=True, exist_ok=True)

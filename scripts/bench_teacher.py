@@ -47,11 +47,12 @@ BEFORE_COMMIT = "d5b25d3"
 
 import torch  # noqa: E402
 
-from distill.config import PipelineConfig, load_pipeline  # noqa: E402
-from distill.data import load_split  # noqa: E402
-from distill.errors import DistillError  # noqa: E402
-from distill.prompts import Prompt, classification_prompt  # noqa: E402
-from distill.teacher.local import LocalTeacher, _shared_length, distribution_from_token_logprobs  # noqa: E402
+from distill.core.config import PipelineConfig  # noqa: E402
+from distill.core.errors import DistillError  # noqa: E402
+from distill.pipeline import load as load_pipeline  # noqa: E402
+from distill.tasks import load_split  # noqa: E402
+from distill.teach.prompts import Prompt, classification_prompt  # noqa: E402
+from distill.teach.teachers.local import LocalTeacher, _shared_length, distribution_from_token_logprobs  # noqa: E402
 
 
 def matmul_peak_gflops(n: int = 2048, repeats: int = 5) -> float:
@@ -68,11 +69,11 @@ def matmul_peak_gflops(n: int = 2048, repeats: int = 5) -> float:
 def demo_prompts(cfg: PipelineConfig, items: int) -> tuple[list[Prompt], list[str]]:
     task = next(t for t in cfg.tasks if t.kind == "classification")
     try:
-        from distill.teach import task_shots
+        from distill.teach.run import task_shots
 
         shots = task_shots(cfg, task)
     except ImportError:  # before the teach side ships task_shots
-        from distill.prompts import few_shot_examples
+        from distill.teach.prompts import few_shot_examples
 
         shots = few_shot_examples(task, load_split(task, "train"), cfg.teach.few_shot)
     rows = load_split(task, "test")[:items]

@@ -63,13 +63,20 @@ sys.path.insert(0, str(REPO))
 import torch  # noqa: E402
 from torch.optim.optimizer import register_optimizer_step_post_hook  # noqa: E402
 
-from distill.batches import MultiTaskSchedule  # noqa: E402
-from distill.config import EvalConfig, PipelineConfig, StudentConfig, TaskConfig, TeachConfig, TrainConfig  # noqa: E402
-from distill.data import load_split, read_jsonl, write_jsonl  # noqa: E402
-from distill.losses import distillation_loss  # noqa: E402
-from distill.student import Student, build_student  # noqa: E402
-from distill.tasks import task_for, tasks_for  # noqa: E402
-from distill.teach import output_path  # noqa: E402
+from distill.core.config import (  # noqa: E402
+    EvalConfig,
+    PipelineConfig,
+    StudentConfig,
+    TaskConfig,
+    TeachConfig,
+    TrainConfig,
+)
+from distill.core.data import read_jsonl, write_jsonl  # noqa: E402
+from distill.core.layout import output_path  # noqa: E402
+from distill.core.losses import distillation_loss  # noqa: E402
+from distill.student.model import Student, build_student  # noqa: E402
+from distill.tasks import load_split, task_for, tasks_for  # noqa: E402
+from distill.train.batches import MultiTaskSchedule  # noqa: E402
 
 TASK = "fine_foods"
 LABELS = {"great": "great", "other": "other"}
@@ -206,7 +213,7 @@ def run_plain(cfg: PipelineConfig, clock: StepClock) -> dict[str, Any]:
 
 
 def run_distill(cfg: PipelineConfig, clock: StepClock) -> dict[str, Any]:
-    from distill import train
+    from distill.train import run as train
 
     with clock:
         summary = train.run(cfg)
@@ -280,7 +287,7 @@ def trainer_arguments(cfg: PipelineConfig, **loop: Any) -> Any:
 
 
 def run_hf(cfg: PipelineConfig, clock: StepClock, with_deepspeed: bool) -> dict[str, Any]:
-    from distill import distributed as dist
+    from distill.train import distributed as dist
 
     dist.prepare_environment()  # the same launcher env distill's DeepSpeed run gets
     from transformers import Trainer
@@ -315,12 +322,12 @@ def run_hf_default(cfg: PipelineConfig, clock: StepClock) -> dict[str, Any]:
     """The Trainer as a user runs it: the same rows, model, loss and DeepSpeed config, but its own
     batching (a random sampler, each batch padded to its longest row, as DataCollatorWithPadding
     does). Its batches differ from distill's, so it reports their tokens and FLOPs itself."""
-    from distill import distributed as dist
+    from distill.train import distributed as dist
 
     dist.prepare_environment()
     from transformers import Trainer
 
-    from distill.batches import length_mask, pad
+    from distill.core.tensors import length_mask, pad
 
     tc = cfg.train
     torch.manual_seed(tc.seed)

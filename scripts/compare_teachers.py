@@ -24,12 +24,12 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from distill.calibration import calibrate, nll  # noqa: E402
-from distill.config import load_pipeline  # noqa: E402
-from distill.data import read_jsonl  # noqa: E402
-from distill.stats import expected_calibration_error  # noqa: E402
-from distill.teach import output_path  # noqa: E402
-from distill.teach import run as teach  # noqa: E402
+from distill.core.data import read_jsonl  # noqa: E402
+from distill.core.layout import output_path
+from distill.eval.stats import expected_calibration_error  # noqa: E402
+from distill.pipeline import load as load_pipeline
+from distill.teach.calibration import calibrate, nll  # noqa: E402
+from distill.teach.run import run as teach  # noqa: E402
 
 
 def auc(scores: np.ndarray, positive: np.ndarray) -> float:

@@ -13,12 +13,12 @@ import sys
 
 import torch
 
-from distill import distributed as dist
-from distill.config import StudentConfig, TaskConfig
-from distill.student import build_student
+from distill.core.config import StudentConfig, TaskConfig
+from distill.student.model import build_student
 from distill.tasks import task_for
-from distill.train import TrainModule
-from distill.weighting import METHODS, SharedParameters, build_weighting
+from distill.train import distributed as dist
+from distill.train.run import TrainModule
+from distill.train.weighting import METHODS, SharedParameters, build_weighting
 
 ROWS = 4  # global rows per task; each of the 2 ranks takes 2
 
@@ -71,7 +71,7 @@ def main(encoder: str, out: str) -> None:
     import deepspeed
     from deepspeed.utils import safe_get_full_grad
 
-    from distill.config import TrainConfig
+    from distill.core.config import TrainConfig
 
     dist.prepare_environment()
     train_cfg = TrainConfig(soft_weight=0.5, hard_labels="teacher")

@@ -15,11 +15,12 @@ from pathlib import Path
 
 import pytest
 
-from distill.config import load_pipeline
-from distill.runs import EXIT_TEACHER
-from distill.teach import failed_items, output_path
-from distill.teach import run as teach
-from distill.teacher.answers import distribution_from_logprobs, match_label
+from distill.core.layout import output_path
+from distill.ops.runs.records import EXIT_TEACHER
+from distill.pipeline import load as load_pipeline
+from distill.teach.run import failed_items
+from distill.teach.run import run as teach
+from distill.teach.teachers.answers import distribution_from_logprobs, match_label
 from tests.conftest import KEY, REPO, api_pipeline
 from tests.loopback_openai import EXPECTED, judge
 
@@ -240,14 +241,14 @@ def smol_tokenizer():
     """The bundled SmolLM2 tokenizer (byte-level BPE), offline."""
     from transformers import AutoTokenizer
 
-    from distill.assets import resolve_teacher
+    from distill.core.assets import resolve_teacher
 
     return AutoTokenizer.from_pretrained(resolve_teacher("smollm2-135m-instruct"))
 
 
 def token_teacher(url: str, **overrides):
-    from distill.config import TeacherConfig
-    from distill.teacher.api import APITeacher
+    from distill.core.config import TeacherConfig
+    from distill.teach.teachers.openai.client import APITeacher
 
     settings = {
         "backend": "openai",
@@ -265,14 +266,14 @@ def token_teacher(url: str, **overrides):
 
 
 def summaries(teacher, *documents: str) -> list[dict]:
-    from distill.prompts import Prompt
+    from distill.teach.prompts import Prompt
 
     answers = dict(teacher.summarize([Prompt(head=SUMMARIZE, body=d) for d in documents]))
     return [answers[i] for i in range(len(documents))]
 
 
 def test_vocabulary_bytes_map_to_the_lowest_id():
-    from distill.teacher.answers import token_byte_ids
+    from distill.teach.teachers.answers import token_byte_ids
 
     # byte-level BPE: 'Ġ' is a space, 'Ã©' the two bytes of 'é', 'â' the first byte of '☕'
     tokens = ["<s>", "a", "Ġb", "Ã©", "â", "a", None, "Ġ<s>"]
@@ -292,7 +293,7 @@ def test_vocabulary_bytes_map_to_the_lowest_id():
 
 
 def test_summary_tokens_prefer_bytes_and_name_what_they_cannot_map():
-    from distill.teacher.answers import ItemFailed, summary_tokens
+    from distill.teach.teachers.answers import ItemFailed, summary_tokens
 
     vocab = {b" caf": 5, b"\xc3": 6, b"\xa9": 7, b"\xc3\xa9": 8, b"!": 9}
 
@@ -323,9 +324,9 @@ def test_summary_tokens_prefer_bytes_and_name_what_they_cannot_map():
 
 
 def test_summary_top_k_tokens_over_http(tmp_path, server, smol_tokenizer):
-    from distill.cache import AnswerCache
-    from distill.prompts import Prompt
-    from distill.teacher import CachedTeacher
+    from distill.teach.cache import AnswerCache
+    from distill.teach.prompts import Prompt
+    from distill.teach.teachers.cached import CachedTeacher
 
     server.tokenizer = smol_tokenizer
     teacher = token_teacher(server.url)
@@ -361,9 +362,9 @@ def test_summary_top_k_tokens_over_http(tmp_path, server, smol_tokenizer):
 
 
 def test_unmappable_token_or_missing_logprobs_fail_only_their_item(tmp_path, server, smol_tokenizer):
-    from distill.cache import AnswerCache
-    from distill.prompts import Prompt
-    from distill.teacher import CachedTeacher
+    from distill.teach.cache import AnswerCache
+    from distill.teach.prompts import Prompt
+    from distill.teach.teachers.cached import CachedTeacher
 
     server.tokenizer = smol_tokenizer
     server.faults = {"badtoken": ["always:badtoken"], "nologprobs": ["always:nologprobs"]}
@@ -392,7 +393,7 @@ def test_summary_top_k_in_batch_mode(tmp_path, server, smol_tokenizer):
 
 
 def test_summary_top_k_is_in_the_cache_key_only_when_asked():
-    from distill.prompts import Prompt
+    from distill.teach.prompts import Prompt
 
     off = token_teacher("http://127.0.0.1:9/v1", summary_top_k=0, tokenizer=None)
     # the key of every answer cached before summary_top_k existed
@@ -423,7 +424,7 @@ def _free_port() -> int:
 @pytest.fixture(scope="module")
 def llama_server():
     pytest.importorskip("llama_cpp.server", reason="llama-cpp-python[server] is installed by .ci/run")
-    from distill.assets import teacher_gguf
+    from distill.core.assets import teacher_gguf
 
     port = _free_port()
     proc = subprocess.Popen(
@@ -505,7 +506,7 @@ def test_llama_cpp_summary_tokens_map_to_the_qwen_vocabulary(llama_server):
     """llama.cpp sends no bytes; the text of whole-character tokens maps them."""
     from transformers import AutoTokenizer
 
-    from distill.assets import resolve_teacher
+    from distill.core.assets import resolve_teacher
 
     name = "qwen2.5-coder-0.5b-instruct"
     teacher = token_teacher(
@@ -526,7 +527,7 @@ def test_rate_limiter_never_exceeds_the_limit():
     """600 requests/min holds at most 5 s' worth (50): 70 requests need at least 2 s more."""
     import asyncio
 
-    from distill.teacher.api import RateLimiter
+    from distill.teach.teachers.openai.client import RateLimiter
 
     async def burst() -> float:
         limiter = RateLimiter(requests_per_minute=600, tokens_per_minute=None)

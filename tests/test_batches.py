@@ -5,17 +5,13 @@ import random
 import pytest
 import torch
 
-from distill.batches import (
-    MultiTaskSchedule,
-    TaskTensors,
-    encode_targets,
-    rank_slice,
-)
-from distill.config import TaskConfig, TrainConfig
-from distill.errors import DistillError
-from distill.losses import IGNORE_INDEX
-from distill.student import StudentSpec
+from distill.core.config import TaskConfig, TrainConfig
+from distill.core.errors import DistillError
+from distill.core.losses import IGNORE_INDEX
+from distill.student.model import StudentSpec
+from distill.student.tokens import encode_targets
 from distill.tasks import Task, task_for
+from distill.train.batches import MultiTaskSchedule, TaskTensors, rank_slice
 
 PAPERS = task_for(TaskConfig(name="papers", kind="summarization", data={}))
 REVIEWS = task_for(TaskConfig(name="reviews", kind="classification", data={}, labels={"a": "a", "b": "b"}))

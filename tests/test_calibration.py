@@ -3,10 +3,10 @@ import json
 import numpy as np
 import pytest
 
-from distill.calibration import apply_temperature, calibrate, fit_temperature, prior_correct
-from distill.config import load_pipeline
-from distill.teach import output_path
-from distill.teach import run as teach
+from distill.core.layout import output_path
+from distill.pipeline import load as load_pipeline
+from distill.teach.calibration import apply_temperature, calibrate, fit_temperature, prior_correct
+from distill.teach.run import run as teach
 from tests.conftest import api_pipeline, make_data
 from tests.loopback_openai import EXPECTED
 

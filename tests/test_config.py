@@ -3,8 +3,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from distill.config import load_pipeline
-from distill.errors import ConfigError
+from distill.core.errors import ConfigError
+from distill.pipeline import load as load_pipeline
 
 REPO = Path(__file__).resolve().parents[1]
 PIPELINES = sorted((REPO / "pipelines").glob("*.yaml"))
@@ -22,8 +22,8 @@ def test_every_pipeline_loads_and_opens_with_its_command(path, monkeypatch):
 
 
 def test_every_deepspeed_config_is_accepted(tmp_path):
-    from distill.config import TrainConfig
-    from distill.train import deepspeed_config
+    from distill.core.config import TrainConfig
+    from distill.train.run import deepspeed_config
 
     for path in sorted((REPO / "pipelines" / "deepspeed").glob("*.json")):
         ds = deepspeed_config(TrainConfig(deepspeed=str(path), batch_size=4), world=2)
@@ -99,8 +99,8 @@ def test_overrides_are_typed_and_checked(tmp_path):
 
 
 def test_fp16_on_cpu_is_refused(tmp_path):
-    from distill.config import TrainConfig
-    from distill.train import deepspeed_config
+    from distill.core.config import TrainConfig
+    from distill.train.run import deepspeed_config
 
     ds = tmp_path / "fp16.json"
     ds.write_text('{"fp16": {"enabled": true}}')
@@ -147,9 +147,9 @@ def test_api_teacher_and_calibration_settings_are_checked(tmp_path, teach, messa
 
 
 def test_missing_api_key_is_named(monkeypatch):
-    from distill.config import TeacherConfig
-    from distill.errors import DistillError
-    from distill.teacher.api import APITeacher
+    from distill.core.config import TeacherConfig
+    from distill.core.errors import DistillError
+    from distill.teach.teachers.openai.client import APITeacher
 
     monkeypatch.delenv("NO_SUCH_KEY_VAR", raising=False)
     with pytest.raises(DistillError, match=r"\$NO_SUCH_KEY_VAR is not set"):

@@ -3,12 +3,12 @@ import sqlite3
 
 import pytest
 
-from distill.cache import AnswerCache, answer_key
-from distill.config import load_pipeline
-from distill.errors import DistillError
-from distill.teach import cache_path, output_path
-from distill.teach import run as teach
-from distill.teacher import load_teacher
+from distill.core.errors import DistillError
+from distill.core.layout import cache_path, output_path
+from distill.pipeline import load as load_pipeline
+from distill.teach.cache import AnswerCache, answer_key
+from distill.teach.run import run as teach
+from distill.teach.teachers import load_teacher
 from tests.conftest import write_jsonl
 
 
@@ -114,7 +114,7 @@ def test_changed_prompt_misses_the_cache(pipeline):
 
 def test_teacher_distribution_is_batch_invariant(pipeline):
     """Left padding must not change a row's answer: batched == one at a time."""
-    from distill.prompts import classification_prompt
+    from distill.teach.prompts import classification_prompt
 
     cfg = load_pipeline(pipeline)
     teacher = load_teacher(cfg.teach.teacher)

@@ -5,8 +5,10 @@ import math
 import pytest
 import torch
 
-from distill.config import StudentConfig
-from distill.decoders import (
+from distill.core.config import StudentConfig
+from distill.core.errors import DistillError
+from distill.core.losses import token_kd_loss
+from distill.student.summarizers.teacher_layers.decoder import (
     CausalSummarizer,
     DecoderCodec,
     VocabMap,
@@ -14,8 +16,6 @@ from distill.decoders import (
     choose_layers,
     cut_teacher,
 )
-from distill.errors import DistillError
-from distill.losses import token_kd_loss
 
 
 def _teacher(path):
@@ -156,7 +156,7 @@ def test_cut_teacher_measures_on_the_corpus(tiny_bpe_teacher):
     assert summarizer.lm.config.num_hidden_layers == 3
     assert summarizer.lm.config.vocab_size == len(codec.vocab.kept)
     # A finished summary ends in the end-of-turn token, a cut one does not.
-    from distill.decoders import teacher_targets
+    from distill.student.summarizers.teacher_layers.decoder import teacher_targets
 
     end = codec.end_id
     assert teacher_targets(codec, rows[0][1], 16)[-1] == end
@@ -166,8 +166,8 @@ def test_cut_teacher_measures_on_the_corpus(tiny_bpe_teacher):
 
 
 def test_an_api_answer_without_its_stop_token_still_ends(bpe_tokenizer):
-    from distill.config import TaskConfig
-    from distill.decoders import teacher_targets
+    from distill.core.config import TaskConfig
+    from distill.student.summarizers.teacher_layers.decoder import teacher_targets
     from distill.tasks import task_for
 
     codec = DecoderCodec(bpe_tokenizer, None)

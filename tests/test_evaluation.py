@@ -8,11 +8,12 @@ import numpy as np
 import pytest
 import torch
 
-from distill.config import ConfigError, EvalConfig, TaskConfig, load_pipeline
-from distill.errors import DistillError
-from distill.evaluation import baseline_warnings, eval_device, student_provenance, time_slice
-from distill.report import markdown
-from distill.stats import (
+from distill.core.config import EvalConfig, TaskConfig
+from distill.core.devices import eval_device
+from distill.core.errors import ConfigError, DistillError
+from distill.eval.report.markdown import markdown
+from distill.eval.run import baseline_warnings, student_provenance, time_slice
+from distill.eval.stats import (
     bootstrap_indices,
     classification_metrics,
     estimate,
@@ -24,6 +25,7 @@ from distill.stats import (
     percentile_interval,
     rouge_per_row,
 )
+from distill.pipeline import load as load_pipeline
 from tests.conftest import REPO, pipeline_dict, write_pipeline
 
 TASK = TaskConfig(
@@ -179,7 +181,7 @@ def test_rouge_per_row_mean_is_the_rouge_module():
 
     predictions = ["the cat sat on the mat", "a dog ran", "nothing alike here"]
     references = ["the cat lay on the mat", "the dog ran fast", "completely different words"]
-    module = evaluate.load(str(REPO / "distill" / "metrics" / "rouge")).compute(
+    module = evaluate.load(str(REPO / "distill" / "eval" / "metrics" / "rouge")).compute(
         predictions=predictions, references=references
     )
     per_row = rouge_per_row(predictions, references)
@@ -260,9 +262,9 @@ def test_cuda_without_a_device_is_a_clear_error():
 @pytest.fixture
 def trained_folder(tmp_path, tiny_encoder, tiny_teacher):
     """A pipeline with teach train outputs on disk and a saved tiny student."""
-    from distill.student import build_student, load_student, save_student
+    from distill.core.layout import output_path, outputs_sha256
+    from distill.student.model import build_student, load_student, save_student
     from distill.tasks import tasks_for
-    from distill.teach import output_path, outputs_sha256
 
     cfg = load_pipeline(write_pipeline(tmp_path, pipeline_dict(tmp_path, tiny_encoder, tiny_teacher)))
     for task in cfg.tasks:
@@ -280,7 +282,7 @@ def trained_folder(tmp_path, tiny_encoder, tiny_teacher):
 
 
 def test_stale_student_is_refused(trained_folder, capsys):
-    from distill.teach import output_path, outputs_sha256
+    from distill.core.layout import output_path, outputs_sha256
 
     cfg, folder, save, trained_on = trained_folder
     student = save({"hard_labels": "gold", "teach_outputs_sha256": trained_on})
@@ -345,7 +347,7 @@ def own_student_probs(run_dir, rows):
     """The trained student's class probabilities (n, labels), computed here without eval's code."""
     import torch
 
-    from distill.student import load_student
+    from distill.student.model import load_student
 
     student, tokenizer = load_student(run_dir / "train" / "student")
     enc = tokenizer(

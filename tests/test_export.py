@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 import torch
 
-from distill.errors import DistillError
-from distill.export import (
+from distill.core.errors import DistillError
+from distill.ship.export.run import (
     EXPORT_FILE,
     export,
     exported_probs,
@@ -20,7 +20,7 @@ from distill.export import (
     prompt_parts,
     teach_rows,
 )
-from distill.student import load_student
+from distill.student.model import load_student
 from distill.tasks import task_from_student
 from tests.conftest import review
 
@@ -117,7 +117,7 @@ def _rows(n: int, seed: int = 3) -> list[dict]:
 
 
 def _task(name: str, kind: str):
-    from distill.config import TaskConfig
+    from distill.core.config import TaskConfig
     from distill.tasks import task_for
 
     extra: dict = {}
@@ -129,15 +129,15 @@ def _task(name: str, kind: str):
 
 
 def _save(student, tokenizer, folder: Path) -> Path:
-    from distill.student import save_student
+    from distill.student.model import save_student
 
     save_student(student.state_dict(), student.spec, tokenizer, folder, student.codec)
     return folder
 
 
 def test_shared_private_classifiers_are_exact_and_its_bert2bert_summarizer_refused(tiny_encoder, tmp_path):
-    from distill.config import StudentConfig
-    from distill.student import build_student
+    from distill.core.config import StudentConfig
+    from distill.student.model import build_student
 
     torch.manual_seed(0)
     cfg = StudentConfig(encoder=tiny_encoder, sharing="shared_private", private_feedforward=48, max_length=16)
@@ -184,8 +184,8 @@ def test_prompt_parts_are_the_chat_template_around_the_instruction(bpe_tokenizer
 def layers_students(tmp_path_factory, tiny_encoder, tiny_bpe_teacher) -> dict[str, Path]:
     """Teacher-layers students (3 of the tiny Qwen2's 4 layers, no training): full vocabulary with
     a zero and with a nonzero bridge, and a corpus vocabulary with a zero bridge."""
-    from distill.config import StudentConfig
-    from distill.student import build_student
+    from distill.core.config import StudentConfig
+    from distill.student.model import build_student
 
     root = tmp_path_factory.mktemp("layers_students")
     corpus = {"papers": _rows(8)}

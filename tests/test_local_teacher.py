@@ -10,11 +10,11 @@ import random
 import pytest
 import torch
 
-from distill.config import TaskConfig, TeacherConfig
-from distill.errors import DistillError
-from distill.prompts import classification_prompt, summary_prompt
-from distill.teacher.answers import distribution_from_logprobs, label_token_groups
-from distill.teacher.local import LocalTeacher, _shared_length, distribution_from_token_logprobs
+from distill.core.config import TaskConfig, TeacherConfig
+from distill.core.errors import DistillError
+from distill.teach.prompts import classification_prompt, summary_prompt
+from distill.teach.teachers.answers import distribution_from_logprobs, label_token_groups
+from distill.teach.teachers.local import LocalTeacher, _shared_length, distribution_from_token_logprobs
 from tests.conftest import review
 
 VERBALIZERS = ["great", "other"]

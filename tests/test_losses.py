@@ -4,7 +4,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from distill.losses import (
+from distill.core.losses import (
     IGNORE_INDEX,
     distillation_loss,
     hard_label_ce,

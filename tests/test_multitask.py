@@ -11,10 +11,11 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from distill.config import ConfigError, load_pipeline
-from distill.distributed import free_port
-from distill.sharing import gradient_reversal, orthogonality_penalty
+from distill.core.errors import ConfigError
+from distill.pipeline import load as load_pipeline
+from distill.student.sharing import gradient_reversal, orthogonality_penalty
 from distill.tasks import task_for
+from distill.train.distributed import free_port
 from tests.conftest import REPO, pipeline_dict, write_pipeline
 from tests.test_pipeline import distill
 
@@ -37,7 +38,7 @@ def test_orthogonality_penalty_by_hand():
 
 
 def test_sentence_pair_tokenization_marks_the_second_text(bert_tokenizer):
-    from distill.config import TaskConfig
+    from distill.core.config import TaskConfig
 
     task = task_for(
         TaskConfig(
@@ -120,11 +121,11 @@ def test_every_weighting_method_in_two_processes_at_zero_0_1_2(tmp_path, tiny_en
 
     # The single-process reference: the same student, the whole batch, PCGrad, plain backward.
     student, weighting = mtl_worker.build(tiny_encoder, "pcgrad")
-    from distill.config import TrainConfig
+    from distill.core.config import TrainConfig
 
     vocab = student.encoder.config.vocab_size
     batches = {t.name: mtl_worker.global_batch(i, vocab) for i, t in enumerate(mtl_worker.tasks())}
-    from distill.train import TrainModule
+    from distill.train.run import TrainModule
 
     model = TrainModule(student, weighting)
     weighting.bind(mtl_worker.shared_params(student))
@@ -218,8 +219,8 @@ def test_ablate_end_to_end(tmp_path, tiny_encoder, tiny_teacher):
 
 
 def test_per_task_soft_weight_and_temperature_override_the_train_section():
-    from distill.config import TaskConfig, TrainConfig
-    from distill.losses import distillation_loss
+    from distill.core.config import TaskConfig, TrainConfig
+    from distill.core.losses import distillation_loss
 
     logits = torch.tensor([[2.0, -1.0], [0.0, 1.0]])
     inputs = {
@@ -250,7 +251,7 @@ def test_per_task_soft_weight_and_temperature_override_the_train_section():
 
 
 def test_each_summarization_task_reads_its_own_prefix(bert_tokenizer):
-    from distill.config import TaskConfig
+    from distill.core.config import TaskConfig
 
     news = task_for(TaskConfig(name="news", kind="summarization", data={}))
     papers = task_for(TaskConfig(name="papers", kind="summarization", data={}, prefix="summarize paper: "))
@@ -272,7 +273,7 @@ def test_each_summarization_task_reads_its_own_prefix(bert_tokenizer):
 def test_two_level_bootstrap_replicates_by_hand():
     import numpy as np
 
-    from distill.ablate import replicate_means
+    from distill.ops.ablate import replicate_means
 
     per_seed = np.array([[1.0, 0.0, np.nan], [0.0, 0.0, np.nan]])  # (seeds, rows); row 2 has no gold
     seed_draws = np.array([[0, 0], [1, 1], [0, 1]])

@@ -10,12 +10,14 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from distill.checkpoint import truncate_log
-from distill.config import ConfigError, TrainConfig, load_pipeline
-from distill.runs import EXIT_CONFIG, EXIT_GATES
-from distill.student import load_student
-from distill.teach import outputs_sha256
-from distill.train import EXIT_AFTER_STEP_ENV, deepspeed_config
+from distill.core.config import TrainConfig
+from distill.core.errors import ConfigError
+from distill.core.layout import outputs_sha256
+from distill.ops.runs.records import EXIT_CONFIG, EXIT_GATES
+from distill.pipeline import load as load_pipeline
+from distill.student.model import load_student
+from distill.train.checkpoint import truncate_log
+from distill.train.run import EXIT_AFTER_STEP_ENV, deepspeed_config
 from tests.conftest import REPO, pipeline_dict, write_pipeline
 
 
@@ -38,7 +40,7 @@ def weights(run_dir):
 def test_teach_train_eval_end_to_end(pipeline):
     import numpy as np
 
-    from distill.manifest import sha256_files
+    from distill.core.manifest import sha256_files
     from tests.test_evaluation import assert_intervals, own_student_probs, read_rows
 
     distill("teach", pipeline)

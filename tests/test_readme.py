@@ -7,7 +7,7 @@ import re
 import numpy as np
 import pytest
 
-from distill.calibration import calibrate
+from distill.teach.calibration import calibrate
 from tests.conftest import REPO
 from tests.test_pipeline import distill
 

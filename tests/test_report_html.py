@@ -14,9 +14,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from distill.config import TaskConfig
-from distill.report import html, markdown
-from distill.stats import (
+from distill.core.config import TaskConfig
+from distill.eval.report.markdown import html, markdown
+from distill.eval.stats import (
     bootstrap_indices,
     classification_metrics,
     confidence_bins,

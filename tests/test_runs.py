@@ -13,9 +13,9 @@ import pytest
 import torch
 
 from distill.cli import train_command
-from distill.data import sample_rows
-from distill.errors import DistillError
-from distill.runs import (
+from distill.core.data import sample_rows
+from distill.core.errors import DistillError
+from distill.ops.runs.records import (
     EXIT_GATES,
     EXIT_LOCKED,
     LATEST,
@@ -101,7 +101,7 @@ def test_two_scheduled_runs_with_data_appended_between(tmp_path, tiny_encoder, t
 HOLD = """
 import sys, time
 from pathlib import Path
-from distill.runs import Lock, holder_record
+from distill.ops.runs.records import Lock, holder_record
 lock = Lock.acquire(Path(sys.argv[1]), holder_record("holder-run"))  # held while it lives
 print("held", flush=True)
 time.sleep(600)
@@ -185,8 +185,8 @@ def test_random_sample_is_deterministic_ordered_and_stable_under_appends():
 
 
 def test_random_sample_through_the_config(tmp_path):
-    from distill.config import TaskConfig
-    from distill.data import load_split
+    from distill.core.config import TaskConfig
+    from distill.tasks import load_split
 
     source = write_jsonl(tmp_path / "t.jsonl", [{"text": f"text {i}", "label": "a"} for i in range(50)])
     cfg = TaskConfig(
@@ -221,10 +221,9 @@ def test_run_folders_are_not_the_stage_folders(tmp_path, tiny_encoder, tiny_teac
 def test_validation_every_n_steps_exports_the_best_step(tmp_path, tiny_encoder, tiny_teacher):
     import random
 
-    from distill.config import load_pipeline
-    from distill.data import load_split
-    from distill.student import load_student
-    from distill.tasks import tasks_for
+    from distill.pipeline import load as load_pipeline
+    from distill.student.model import load_student
+    from distill.tasks import load_split, tasks_for
 
     data = pipeline_dict(tmp_path, tiny_encoder, tiny_teacher, steps=6, validate_every=2, validation_rows=10)
     rng = random.Random(3)
@@ -255,7 +254,7 @@ def test_validation_every_n_steps_exports_the_best_step(tmp_path, tiny_encoder, 
     # and the weights are the best tag's, not the last step's
     from safetensors.torch import load_file
 
-    from distill.checkpoint import BEST_TAG, consolidated_state_dict
+    from distill.train.checkpoint import BEST_TAG, consolidated_state_dict
 
     exported = load_file(str(run / "train" / "student" / "model.safetensors"))
     ckpt = run / "train" / "checkpoints"
@@ -268,7 +267,7 @@ def test_validation_every_n_steps_exports_the_best_step(tmp_path, tiny_encoder, 
 def test_a_killed_run_resumes_and_a_failed_one_is_recorded(tmp_path, tiny_encoder, tiny_teacher):
     """Killed mid-training (no cleanup): the run folder says running, `run --resume` finishes
     that same run from its checkpoint. Bad data: exit 2, recorded with the culprit named."""
-    from distill.train import EXIT_AFTER_STEP_ENV
+    from distill.train.run import EXIT_AFTER_STEP_ENV
 
     data = pipeline_dict(tmp_path, tiny_encoder, tiny_teacher, steps=6, checkpoint_every=2)
     path = write_pipeline(tmp_path, data)

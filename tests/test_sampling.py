@@ -2,7 +2,7 @@
 
 import pytest
 
-from distill.sampling import (
+from distill.train.sampling import (
     METHODS,
     SNAPSHOT_EVERY,
     TaskSampler,

@@ -20,8 +20,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from distill.serve import create_app, message_text, served_tasks
-from distill.serve_batching import padded_tokens, run_by_length, token_budget_batches
+from distill.ship.serve.app import create_app, message_text, served_tasks
+from distill.ship.serve.batching import padded_tokens, run_by_length, token_budget_batches
 from tests.conftest import REPO
 
 MAX_CHARS = 300
@@ -72,7 +72,7 @@ class LiveServer:
 # --- the eval path, from the run's own pipeline file ----------------------------------------
 @pytest.fixture(scope="module")
 def student_dir(trained_run: Path) -> Path:
-    from distill.student import resolve_student_dir
+    from distill.core.layout import resolve_student_dir
 
     return resolve_student_dir(trained_run)
 
@@ -81,9 +81,9 @@ def student_dir(trained_run: Path) -> Path:
 def eval_side(trained_run: Path, student_dir: Path):
     """The pipeline's task objects, the loaded student, and each task's test rows as eval reads
     them (``Task.example`` over the test split)."""
-    from distill.config import load_pipeline
-    from distill.data import read_rows
-    from distill.student import load_student
+    from distill.core.data import read_rows
+    from distill.pipeline import load as load_pipeline
+    from distill.student.model import load_student
     from distill.tasks import tasks_for
 
     pipeline = load_pipeline(trained_run.parent / "pipeline.yaml")
@@ -435,7 +435,7 @@ def test_a_model_exception_is_a_500_and_the_server_goes_on(live):
 
 # --- sentence pairs, and `serve` itself -----------------------------------------------------
 def test_a_folder_without_a_student_fails_before_listening(tmp_path):
-    from distill.errors import DistillError
+    from distill.core.errors import DistillError
 
     with pytest.raises(DistillError, match="not a student folder"):
         create_app(tmp_path)
@@ -443,8 +443,8 @@ def test_a_folder_without_a_student_fails_before_listening(tmp_path):
 
 def test_sentence_pairs_are_served_with_segments(tmp_path, tiny_encoder):
     """A (random) student with a sentence_pair head: text_pairs go through SentencePair.encode."""
-    from distill.config import StudentConfig, TaskConfig
-    from distill.student import build_student, load_student, save_student
+    from distill.core.config import StudentConfig, TaskConfig
+    from distill.student.model import build_student, load_student, save_student
     from distill.tasks import task_for
 
     cfg = TaskConfig(

@@ -12,12 +12,13 @@ from pathlib import Path
 import pytest
 import yaml
 
-from distill.cache import AnswerCache, answer_key, merge, shard_of
-from distill.config import load_pipeline
-from distill.errors import DistillError
-from distill.teach import merge as merge_shards
-from distill.teach import output_path, parse_shard, run_shard, shard_cache_path
-from distill.teach import run as teach
+from distill.core.errors import DistillError
+from distill.core.layout import output_path
+from distill.pipeline import load as load_pipeline
+from distill.teach.cache import AnswerCache, answer_key, merge, shard_of
+from distill.teach.run import merge as merge_shards
+from distill.teach.run import parse_shard, run_shard, shard_cache_path
+from distill.teach.run import run as teach
 from tests.conftest import api_pipeline, make_data, write_jsonl
 
 CALIBRATED = ["teach.calibration.prior=content_free", "teach.calibration.temperature=true"]

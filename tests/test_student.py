@@ -4,18 +4,13 @@ import json
 import pytest
 import torch
 
-from distill.config import StudentConfig, TaskConfig
-from distill.errors import DistillError
-from distill.losses import IGNORE_INDEX
-from distill.student import (
-    build_student,
-    decoder_inputs,
-    decoder_special_tokens,
-    load_student,
-    save_student,
-)
+from distill.core.config import StudentConfig, TaskConfig
+from distill.core.errors import DistillError
+from distill.core.losses import IGNORE_INDEX
+from distill.student.model import build_student, load_student, save_student
+from distill.student.tokens import decoder_inputs, decoder_special_tokens
 from distill.tasks import task_for
-from distill.train import decay_groups, optimizer_groups
+from distill.train.run import decay_groups, optimizer_groups
 
 TASK_CONFIGS = [
     TaskConfig(

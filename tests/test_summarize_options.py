@@ -7,7 +7,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from distill.config import load_pipeline
+from distill.pipeline import load as load_pipeline
 from distill.tasks import tasks_for
 from tests.conftest import pipeline_dict, write_pipeline
 from tests.test_pipeline import distill
@@ -83,8 +83,8 @@ def test_teacher_layers_with_token_kd_warmup_and_beams(tmp_path, tiny_encoder, t
     assert papers["decoding"] == {"num_beams": 2, "no_repeat_ngram_size": 2, "length_penalty": 1.0}
     assert papers["student_vs_reference_greedy"]  # degeneration is measured on plain greedy output
     # The report's examples are what the saved student writes with the recorded decoding.
-    from distill.config import DecodingConfig
-    from distill.student import load_student
+    from distill.core.config import DecodingConfig
+    from distill.student.model import load_student
 
     student, enc_tokenizer = load_student(run_dir / "train" / "student")
     cfg = load_pipeline(path)
@@ -127,7 +127,7 @@ def test_bert2bert_with_denoising_warmup(tmp_path, tiny_encoder, tiny_teacher, m
 
 
 def test_token_kd_needs_the_teachers_vocabulary_and_top_k(tmp_path, tiny_encoder, tiny_teacher):
-    from distill.errors import ConfigError
+    from distill.core.errors import ConfigError
 
     path = _summary_pipeline(tmp_path, tiny_encoder, tiny_teacher, token_kd_weight=0.5)
     with pytest.raises(ConfigError, match="summarizer: teacher_layers"):
@@ -143,7 +143,7 @@ def test_token_kd_needs_the_teachers_vocabulary_and_top_k(tmp_path, tiny_encoder
 def test_token_kd_needs_the_decoder_to_have_the_teachers_vocabulary(
     tmp_path, tiny_encoder, tiny_teacher, tiny_bpe_teacher
 ):
-    from distill.errors import ConfigError
+    from distill.core.errors import ConfigError
 
     student = {"encoder": tiny_encoder, "summarizer": "teacher_layers", "decoder_source": tiny_bpe_teacher}
     top_k = {"summary_top_k": 3}
@@ -157,9 +157,9 @@ def test_token_kd_needs_the_decoder_to_have_the_teachers_vocabulary(
 
 
 def test_warmup_without_long_enough_text_is_an_error(tiny_encoder):
-    from distill.config import StudentConfig, TaskConfig, WarmupConfig
-    from distill.errors import DistillError
-    from distill.student import build_student
+    from distill.core.config import StudentConfig, TaskConfig, WarmupConfig
+    from distill.core.errors import DistillError
+    from distill.student.model import build_student
     from distill.tasks import task_for
 
     task = task_for(TaskConfig(name="papers", kind="summarization", data={}))

@@ -5,8 +5,8 @@ import math
 
 import pytest
 
-from distill.report import markdown
-from distill.stats import (
+from distill.eval.report.markdown import markdown
+from distill.eval.stats import (
     bootstrap_indices,
     distinct_n,
     distinct_outputs_per_100,

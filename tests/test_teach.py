@@ -13,11 +13,12 @@ from pathlib import Path
 import pytest
 import yaml
 
-from distill.config import load_pipeline
-from distill.data import read_jsonl
-from distill.errors import ConfigError
-from distill.teach import failed_items, output_path
-from distill.teach import run as teach
+from distill.core.data import read_jsonl
+from distill.core.errors import ConfigError
+from distill.core.layout import output_path
+from distill.pipeline import load as load_pipeline
+from distill.teach.run import failed_items
+from distill.teach.run import run as teach
 from tests.conftest import REPO, api_pipeline, make_data
 from tests.loopback_openai import EXPECTED, judge
 

@@ -5,8 +5,8 @@ import pytest
 import torch
 import torch.multiprocessing
 
-from distill.distributed import all_mean
-from distill.weighting import METHODS, SharedParameters, build_weighting, pcgrad_project
+from distill.train.distributed import all_mean
+from distill.train.weighting import METHODS, SharedParameters, build_weighting, pcgrad_project
 
 TASKS = ["a", "b"]
 

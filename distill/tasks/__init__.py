@@ -1,191 +1,39 @@
-"""Task kinds. Each kind is one class that owns its prompt, teacher call, row checks, tensors,
-loss and metrics; the stages iterate over tasks and call these methods, never switching on the
-kind's name. Adding a kind is one new file (a ``Task`` subclass) plus its line in ``_kinds``.
-"""
+"""Task kinds: the registry. Each kind is one file holding a ``Task`` subclass (distill/tasks/base.py)."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any
 
-from tqdm import tqdm
-
-from distill.data import Example, text_field
-from distill.errors import ConfigError
+from distill.core.config import TaskConfig
+from distill.core.errors import ConfigError
+from distill.tasks.base import Task, TimedCalls
+from distill.tasks.classification import Classification
+from distill.tasks.sentence_pair import SentencePair
+from distill.tasks.summarization import Summarization
 
 if TYPE_CHECKING:
-    import numpy as np
-    import torch
+    from distill.core.config import PipelineConfig
 
-    from distill.batches import TaskTensors
-    from distill.config import PipelineConfig, TaskConfig, TrainConfig
-    from distill.prompts import Prompt
-    from distill.student import Student, StudentSpec
-    from distill.teacher import Answer, CachedTeacher
-
-TimedCalls = dict[str, tuple[Callable[[Any], Any], list[Any]]]
-"""Model ("student", "teacher") → (a call on a list of items, the items it is timed on)."""
-
-
-class Task:
-    """One configured task of some kind. Subclasses fill in every method."""
-
-    kind: ClassVar[str]
-    generates_text: ClassVar[bool] = False
-    """Writes text through the student's shared decoder (and so has no label head)."""
-
-    def __init__(self, cfg: TaskConfig):
-        self.cfg = cfg
-
-    @property
-    def name(self) -> str:
-        return self.cfg.name
-
-    @classmethod
-    def check_config(cls, cfg: TaskConfig) -> None:
-        """Raise ConfigError for a task config this kind cannot run."""
-
-    def check_pipeline(self, pipeline: PipelineConfig) -> None:
-        """Raise ConfigError for pipeline settings this task cannot run under."""
-
-    # --- data and teacher -------------------------------------------------------------------
-    def example(self, row: dict[str, Any], index: int, where: str) -> Example:
-        """A data row → a validated example (ConfigError-like DistillError naming the row)."""
-        raise NotImplementedError
-
-    def prompt(self, example: Example, shots: list[Example]) -> Prompt:
-        raise NotImplementedError
-
-    def taught_splits(self, pipeline: PipelineConfig) -> list[str]:
-        """Splits the teacher answers for this task."""
-        return list(pipeline.teach.splits)
-
-    def shots(self, pipeline: PipelineConfig, pool: list[Example] | None) -> list[Example]:
-        """Demonstrations shown in every prompt (none unless the kind takes them)."""
-        return []
-
-    def teach(
-        self,
-        cached: CachedTeacher,
-        pipeline: PipelineConfig,
-        examples: dict[str, list[Example]],
-        shots: list[Example],
-    ) -> tuple[dict[str, list[Answer]], dict[str, Any] | None]:
-        """Split → the teacher's answers, and what was fitted on them (calibration) or None."""
-        raise NotImplementedError
-
-    def output_rows(
-        self, examples: list[Example], answers: list[Answer], fitted: dict[str, Any] | None
-    ) -> list[dict[str, Any]]:
-        """The rows teach writes: each example with its teacher answer."""
-        raise NotImplementedError
-
-    def split_counts(self, rows: list[dict[str, Any]]) -> dict[str, Any]:
-        raise NotImplementedError
-
-    # --- student ----------------------------------------------------------------------------
-    def student_entry(self) -> dict[str, Any]:
-        """What the student's spec records for this task: kind, label names, input prefix."""
-        raise NotImplementedError
-
-    def unlabeled_text(self) -> list[str]:
-        """Text of this task's train split usable without labels (a summarizer's warm-up)."""
-        return []
-
-    def tensors(
-        self,
-        rows: list[dict[str, Any]],
-        tokenizer: Any,
-        spec: StudentSpec,
-        train: TrainConfig,
-        codec: Any = None,
-    ) -> TaskTensors:
-        """``codec``: a teacher-layers summarizer's text ↔ ids (``Student.codec``), else None."""
-        raise NotImplementedError
-
-    def loss(
-        self, model: Any, inputs: dict[str, torch.Tensor], train: TrainConfig
-    ) -> dict[str, torch.Tensor]:
-        """Named losses of one batch: ``"loss"`` (the task's total) and its parts."""
-        raise NotImplementedError
-
-    # --- eval -------------------------------------------------------------------------------
-    def evaluate(
-        self,
-        pipeline: PipelineConfig,
-        rows: list[dict[str, Any]],
-        student: Student,
-        tokenizer: Any,
-        resamples: np.ndarray,
-    ) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
-        """This task's report section, every figure with its bootstrap interval, and the
-        student's per-row scores behind it (what ``row_scores`` returns)."""
-        raise NotImplementedError
-
-    pairs: ClassVar[bool] = False
-    """Whether a row is two texts (``text``, ``text_pair``) rather than one."""
-
-    headline: ClassVar[str]
-    """The per-row metric ``row_scores`` returns and `distill ablate` compares systems on."""
-
-    def row_scores(
-        self, pipeline: PipelineConfig, rows: list[dict[str, Any]], student: Student, tokenizer: Any
-    ) -> dict[str, np.ndarray]:
-        """The student's per-row scores on the eval rows, (n,) each (NaN where undefined), the
-        headline metric among them."""
-        raise NotImplementedError
-
-    def teacher_row_scores(self, rows: list[dict[str, Any]]) -> dict[str, np.ndarray]:
-        """The same per-row scores for the teacher's answers in ``rows``."""
-        raise NotImplementedError
-
-    def aggregate(self, scores: dict[str, np.ndarray]) -> dict[str, float]:
-        """Per-row scores → the task's figures (means, or e.g. macro-F1 from predictions)."""
-        raise NotImplementedError
-
-    def timed_calls(
-        self,
-        pipeline: PipelineConfig,
-        rows: list[dict[str, Any]],
-        student: Student,
-        tokenizer: Any,
-        teacher: Any,
-    ) -> TimedCalls:
-        raise NotImplementedError
-
-    # --- shared helpers ---------------------------------------------------------------------
-    def _ask_splits(
-        self,
-        pipeline: PipelineConfig,
-        examples: dict[str, list[Example]],
-        ask: Callable[[list[Example], Callable[[int], None]], list[Answer]],
-    ) -> dict[str, list[Answer]]:
-        """Split → the teacher's answers for its examples, with a progress bar per split."""
-        answers = {}
-        for split in self.taught_splits(pipeline):
-            with tqdm(total=len(examples[split]), desc=f"teach {self.name}/{split}", unit="item") as bar:
-                answers[split] = ask(examples[split], bar.update)
-        return answers
-
-    def _text(self, row: dict[str, Any], key: str, where: str, index: int) -> str:
-        return text_field(row, key, where, index, self.cfg.max_chars)
+__all__ = [
+    "KINDS",
+    "Task",
+    "TimedCalls",
+    "kind_class",
+    "load_split",
+    "task_for",
+    "task_from_student",
+    "tasks_for",
+]
 
 
-def _kinds() -> dict[str, type[Task]]:
-    """The registered kinds. Imported here, not at the top, because each kind's module imports
-    this one for ``Task``."""
-    from distill.tasks.classification import Classification
-    from distill.tasks.sentence_pair import SentencePair
-    from distill.tasks.summarization import Summarization
-
-    return {k.kind: k for k in (Classification, SentencePair, Summarization)}
+KINDS: dict[str, type[Task]] = {k.kind: k for k in (Classification, SentencePair, Summarization)}
+"""The registered task kinds: a new kind is one file (a ``Task`` subclass) plus its entry here."""
 
 
 def kind_class(kind: str) -> type[Task]:
-    kinds = _kinds()
-    if kind not in kinds:
-        raise ConfigError(f"kind {kind!r} is not a task kind (known: {', '.join(kinds)})")
-    return kinds[kind]
+    if kind not in KINDS:
+        raise ConfigError(f"kind {kind!r} is not a task kind (known: {', '.join(KINDS)})")
+    return KINDS[kind]
 
 
 def task_for(cfg: TaskConfig) -> Task:
@@ -201,8 +49,6 @@ def task_from_student(name: str, entry: dict[str, Any]) -> Task:
     has no pipeline file), for the student side only: encode, student_probs and
     student_summaries read the name, kind, labels and prefix (and the student's spec for the
     rest); verbalizers and data, which only the teacher and the data loader read, are unknown."""
-    from distill.config import TaskConfig
-
     return task_for(
         TaskConfig(
             name=name,
@@ -213,3 +59,8 @@ def task_from_student(name: str, entry: dict[str, Any]) -> Task:
             prefix=entry.get("prefix"),
         )
     )
+
+
+def load_split(cfg: TaskConfig, split: str) -> list:
+    """The validated examples of one split of a configured task (``Task.load_split``)."""
+    return task_for(cfg).load_split(split)

@@ -10,14 +10,15 @@ from typing import Any
 import numpy as np
 import torch
 
-from distill.batches import TaskTensors, length_mask, pad
-from distill.calibration import CONTENT_FREE_INPUTS, calibrate, fit_temperature, nll
-from distill.data import Example, load_split, read_jsonl
-from distill.errors import ConfigError, DistillError
-from distill.losses import IGNORE_INDEX, distillation_loss
-from distill.prompts import classification_prompt, few_shot_examples, template_version
-from distill.stats import classification_metrics, macro_f1
-from distill.tasks import Task, TimedCalls
+from distill.core.data import Example, read_jsonl
+from distill.core.errors import ConfigError, DistillError
+from distill.core.losses import IGNORE_INDEX, distillation_loss
+from distill.core.tensors import length_mask, pad
+from distill.eval.stats import classification_metrics, macro_f1
+from distill.tasks.base import Task, TimedCalls
+from distill.teach.calibration import CONTENT_FREE_INPUTS, calibrate, fit_temperature, nll
+from distill.teach.prompts import classification_prompt, few_shot_examples, template_version
+from distill.train.batches import TaskTensors
 
 
 class Classification(Task):
@@ -108,7 +109,7 @@ class Classification(Task):
         if not pipeline.teach.few_shot:
             return []
         if pool is None:
-            pool = load_split(self.cfg, pipeline.teach.few_shot_split)
+            pool = self.load_split(pipeline.teach.few_shot_split)
         return few_shot_examples(self.cfg, pool, pipeline.teach.few_shot)
 
     def teach(self, cached, pipeline, examples, shots):
@@ -278,7 +279,7 @@ class Classification(Task):
         return torch.cat(out).numpy()
 
     def evaluate(self, pipeline, rows, student, tokenizer, resamples):
-        from distill.teach import output_path
+        from distill.core.layout import output_path
 
         probs = self.student_probs(student, tokenizer, rows, pipeline.eval.batch_size)
         train_rows = read_jsonl(output_path(pipeline, self.name, "train"))

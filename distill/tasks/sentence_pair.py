@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from distill.data import Example
-from distill.errors import ConfigError
+from distill.core.data import Example
+from distill.core.errors import ConfigError
 from distill.tasks.classification import Classification
 
 

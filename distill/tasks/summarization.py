@@ -10,15 +10,17 @@ from typing import Any
 
 import numpy as np
 
-from distill.batches import TaskTensors, encode_targets, left_pad, length_mask, pad
-from distill.config import DecodingConfig
-from distill.data import Example
-from distill.decoders import teacher_targets
-from distill.errors import ConfigError, DistillError
-from distill.losses import IGNORE_INDEX, sequence_kd_loss, token_kd_loss
-from distill.prompts import summary_prompt, template_version
-from distill.stats import rouge_per_row, summary_metrics
-from distill.tasks import Task, TimedCalls
+from distill.core.config import DecodingConfig
+from distill.core.data import Example
+from distill.core.errors import ConfigError, DistillError
+from distill.core.losses import IGNORE_INDEX, sequence_kd_loss, token_kd_loss
+from distill.core.tensors import left_pad, length_mask, pad
+from distill.eval.stats import rouge_per_row, summary_metrics
+from distill.student.summarizers.teacher_layers.decoder import teacher_targets
+from distill.student.tokens import encode_targets
+from distill.tasks.base import Task, TimedCalls
+from distill.teach.prompts import summary_prompt, template_version
+from distill.train.batches import TaskTensors
 
 
 class Summarization(Task):
@@ -58,7 +60,7 @@ class Summarization(Task):
 
     def unlabeled_text(self) -> list[str]:
         """Every train document (all rows, not only max_rows; references unused)."""
-        from distill.data import read_rows
+        from distill.core.data import read_rows
 
         field = self.cfg.document_field
         rows = read_rows(self.cfg.data["train"], "train", self.name)

@@ -1,0 +1,191 @@
+"""The train section: the student, weighting, sampling and the optimisation settings."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Literal
+
+from distill.core.config.loader import PluginSlot
+from distill.core.errors import ConfigError
+
+
+@dataclass
+class WarmupConfig:
+    """One-time pre-training of the summarization decoder on the bundled unlabeled text (every
+    train-split document of the pipeline's summarization tasks, references unused), cached by
+    content under distill's home, so every run with the same student starts from it
+    (distill/warmup.py). bert2bert: denoising (the encoder reads a span with tokens masked, the
+    decoder writes its start); teacher_layers: recovery of the cut (next-token loss plus
+    DistilBERT's cosine loss to the teacher's last hidden states)."""
+
+    steps: int = 0
+    """0: no warm-up."""
+    extra_text: dict[str, str] = field(default_factory=dict)
+    """More unlabeled text: JSONL file → the field holding the text (e.g. another bundled set's
+    train split). Never an eval split: the student must not have read the rows it is scored on."""
+    batch_size: int = 8
+    length: int = 128
+    """Tokens per span."""
+    target_length: int = 32
+    """bert2bert: tokens of the span the decoder writes."""
+    mask_rate: float = 0.15
+    """bert2bert: share of the encoder's tokens masked."""
+    hidden_weight: float = 1.0
+    """teacher_layers: weight of 1 − cos(student, teacher) last hidden states."""
+    lr: float = 2.0e-4
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if min(self.steps, self.batch_size - 1, self.length - 8, self.target_length - 1) < 0:
+            raise ConfigError(
+                "train.student.warmup: steps >= 0, batch_size >= 1, length >= 8, target_length >= 1"
+            )
+        if not 0.0 <= self.mask_rate < 1.0 or self.hidden_weight < 0 or self.lr <= 0:
+            raise ConfigError("train.student.warmup: mask_rate in [0, 1), hidden_weight >= 0, lr > 0")
+
+
+@dataclass
+class StudentConfig:
+    encoder: str = "all-minilm-l6-v2"
+    """A bundled alias (all-minilm-l6-v2), a local BERT-style folder, or a hub name."""
+    max_length: int = 128
+    """Classification input tokens."""
+    max_document_length: int = 256
+    max_summary_length: int = 64
+    dropout: float = 0.1
+    sharing: Literal["hard", "shared_private", "adversarial"] = "hard"
+    """hard: every task reads the shared encoder only; shared_private: plus a one-layer private
+    encoder per task; adversarial: shared_private plus a task discriminator behind gradient
+    reversal and an orthogonality penalty (Liu, Qiu & Huang 2017; distill/sharing.py)."""
+    private_feedforward: int = 512
+    adversarial_weight: float = 0.05
+    """λ_adv: weight of the task discriminator's loss."""
+    orthogonality_weight: float = 0.01
+    """γ: weight of ‖SᵀH‖²_F between shared and private features."""
+    summarizer: str = "bert2bert"
+    """The summarization module (distill/decoders.py). bert2bert: a decoder warm-started from the
+    encoder's weights, cross-attending to the shared encoder. teacher_layers: a decoder-only
+    student cut from the teacher's own layers, reading the teacher's prompt in the teacher's
+    vocabulary and the shared encoder through ``bridge``."""
+    decoder_source: str | None = None
+    """teacher_layers: the model whose layers seed the decoder (a bundled alias or folder);
+    None: teach.teacher.model (needs a local teacher)."""
+    decoder_layers: int = 4
+    """teacher_layers: layers kept (the first and last always among them)."""
+    layer_choice: Literal["block_influence", "uniform"] = "block_influence"
+    """teacher_layers: how the middle layers are chosen: the largest block influence
+    (1 − cos(input, output), measured on training prompts) or evenly spaced."""
+    decoder_vocab: Literal["corpus", "full"] = "corpus"
+    """teacher_layers: output vocabulary: the tokens of the training corpus (plus every byte), or
+    the teacher's whole vocabulary."""
+    warmup: WarmupConfig = field(default_factory=WarmupConfig)
+    bridge: bool = True
+    """teacher_layers: add the shared encoder's pooled state (through a zero-initialised linear map)
+    to every prompt token's embedding, so the summarization loss trains the shared encoder too;
+    false: the decoder does not read the shared encoder."""
+
+    def __post_init__(self) -> None:
+        if self.adversarial_weight < 0 or self.orthogonality_weight < 0:
+            raise ConfigError("train.student.adversarial_weight and orthogonality_weight: must be >= 0")
+        if self.decoder_layers < 2:
+            raise ConfigError("train.student.decoder_layers: must be >= 2")
+
+
+@dataclass
+class WeightingConfig:
+    """How the per-task losses become the one loss the engine backpropagates
+    (distill/train/weighting/, one file per method). The chosen method's own options sit beside
+    ``method`` (e.g. ``window`` for dwa); ``distill config P.yaml train.weighting`` lists them."""
+
+    PLUGIN: ClassVar[PluginSlot] = PluginSlot(registry="weighting", discriminator="method")
+    MOVED: ClassVar[dict[str, str]] = {
+        "dwa_window": "window",
+        "dwa_temperature": "temperature",
+        "gradnorm_alpha": "alpha",
+        "gradnorm_lr": "lr",
+        "famo_lr": "lr",
+        "famo_gamma": "gamma",
+    }
+
+    method: str = "static"
+    """static, uncertainty, dwa, rlw, famo, gradnorm or pcgrad (distill/train/weighting/)."""
+    options: Any = None
+    """The method's own options (its ``Options`` dataclass); None: its defaults."""
+
+
+@dataclass
+class TrainConfig:
+    student: StudentConfig = field(default_factory=StudentConfig)
+    deepspeed: str = "pipelines/deepspeed/zero0_fp32.json"
+    """DeepSpeed JSON: ZeRO stage, precision, clipping. Batch size and optimizer come from here, not it."""
+    epochs: int = 2
+    """Passes over the data: with sampling all, enough steps for the largest task to see each of
+    its rows once per epoch; otherwise epochs × the batches of all tasks together."""
+    steps: int | None = None
+    """A step budget (optimizer steps) instead of epochs."""
+    sampling: Literal["all", "proportional", "temperature", "annealed", "uniform"] = "all"
+    """Which tasks a micro-step trains on: all (a batch of every task), or one task drawn with
+    p ∝ n (proportional), n^(1/T) (temperature, T5), n^α with α 1 → 0.2 over training
+    (annealed, Stickland & Murray 2019), or uniformly; n is the task's batches per epoch.
+    Draws are a function of (seed, step)."""
+    sampling_temperature: float = 2.0
+    weighting: WeightingConfig = field(default_factory=WeightingConfig)
+    batch_size: int = 16
+    """Per-process micro-batch for classification tasks."""
+    summary_batch_size: int = 4
+    """Per-process micro-batch for summarization tasks."""
+    lr: float = 5e-5
+    weight_decay: float = 0.01
+    warmup_ratio: float = 0.1
+    kd_temperature: float = 2.0
+    soft_weight: float = 0.5
+    """Classification loss = soft_weight · T²·KL(teacher‖student) + (1 − soft_weight) · CE(hard label)."""
+    hard_labels: Literal["gold", "teacher", "none"] = "teacher"
+    """The CE target: the teacher's argmax (distil from the teacher), the gold label (rows without
+    one get no CE), or none (pure KD; needs soft_weight 1.0)."""
+    cut_summaries: Literal["no_eos", "exclude"] = "no_eos"
+    """Teacher summaries cut by the length limit: taught without an end token, or dropped."""
+    summary_targets: Literal["teacher", "reference"] = "teacher"
+    """What the decoder learns to write: the teacher's summaries (sequence-level KD) or the gold
+    references (the no-teacher baseline)."""
+    token_kd_weight: float = 0.0
+    """Summaries, for a student with the teacher's vocabulary (summarizer: teacher_layers) and
+    teach outputs with the teacher's top-k (teach.teacher.summary_top_k): loss = (1 − w) · CE on the
+    teacher's tokens + w · KL(teacher top-k ‖ student) per token (token-level KD)."""
+    gradient_accumulation_steps: int = 1
+    """Micro-batches per optimizer step (DeepSpeed's train_batch_size = micro × this × world)."""
+    group_by_length: bool = True
+    """Batch rows of similar length together (within chunks of ~50 batches) to cut padding."""
+    task_weights: dict[str, float] = field(default_factory=dict)
+    """Task name → static loss weight (default 1.0)."""
+    checkpoint_every: int = 50
+    keep_checkpoints: int = 2
+    validate_every: int = 0
+    """Every N steps (and at the end), score the student on each task's validation data (gold
+    labels, references: the headline metric, accuracy or ROUGE-L) and export the best step's
+    weights instead of the last; 0: off, the last step is exported."""
+    validation_rows: int = 32
+    """The first N rows of each task's validation split that ``validate_every`` scores."""
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.validate_every < 0 or self.validation_rows < 1:
+            raise ConfigError("train.validate_every: must be >= 0, and train.validation_rows >= 1")
+        if self.kd_temperature <= 0:
+            raise ConfigError("train.kd_temperature: must be > 0")
+        if not 0.0 <= self.soft_weight <= 1.0:
+            raise ConfigError("train.soft_weight: must be within [0, 1]")
+        if self.hard_labels == "none" and self.soft_weight != 1.0:
+            raise ConfigError(
+                f"train.hard_labels: none (pure KD) needs train.soft_weight: 1.0, not {self.soft_weight}"
+            )
+        if self.steps is not None and self.steps < 1:
+            raise ConfigError("train.steps: must be >= 1")
+        if not 0.0 <= self.token_kd_weight <= 1.0:
+            raise ConfigError("train.token_kd_weight: must be within [0, 1]")
+        if self.sampling_temperature <= 0:
+            raise ConfigError("train.sampling_temperature: must be > 0")
+        positive = ("epochs", "batch_size", "summary_batch_size", "checkpoint_every", "keep_checkpoints")
+        for key in (*positive, "gradient_accumulation_steps"):
+            if getattr(self, key) < 1:
+                raise ConfigError(f"train.{key}: must be >= 1")

@@ -1,0 +1,107 @@
+"""Reading task data with ``datasets`` and checking it before any model sees it."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+from distill.core.config import TaskConfig
+from distill.core.errors import DistillError
+
+Example = dict[str, Any]
+"""A validated row, shaped by its task kind (distill/tasks/): classification id, text, label
+(gold or None); sentence pairs add text_pair; summarization id, document, reference."""
+
+
+def read_split(task: TaskConfig, split: str) -> list[dict[str, Any]]:
+    """The raw rows of one split of a task, ``max_rows`` and ``sample`` applied; each task kind
+    turns them into validated examples (``Task.load_split``)."""
+    source = task.data.get(split)
+    if source is None:
+        raise DistillError(f"task {task.name}: no {split} split in data")
+    rows = read_rows(source, split, task.name)
+    limit = task.max_rows.get(split)
+    if limit is not None:
+        rows = rows[:limit] if task.sample == "first" else sample_rows(rows, limit, task.sample_seed)
+    return rows
+
+
+def sample_rows(rows: list[dict[str, Any]], n: int, seed: int) -> list[dict[str, Any]]:
+    """The ``n`` rows with the smallest sha256(seed, row content), in their file order
+    (bottom-k hashing): deterministic, independent of row positions, so appending rows to a
+    file never reshuffles which old rows are in."""
+
+    def key(row: dict[str, Any]) -> str:
+        content = json.dumps(row, sort_keys=True, ensure_ascii=False, default=str)
+        return hashlib.sha256(f"{seed}\n{content}".encode()).hexdigest()
+
+    keys = [key(row) for row in rows]
+    chosen = set(sorted(range(len(rows)), key=lambda i: (keys[i], i))[:n])
+    return [row for i, row in enumerate(rows) if i in chosen]
+
+
+def source_fingerprint(source: str) -> str:
+    """sha256 of a local data file (or the hub name itself) for manifests."""
+    path = Path(source)
+    if source.startswith("hub:") or not path.is_file():
+        return "hub:" + hashlib.sha256(source.encode()).hexdigest()
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def read_rows(source: str, split: str, task_name: str) -> list[dict[str, Any]]:
+    import datasets
+
+    datasets.disable_progress_bars()
+    if source.startswith("hub:"):
+        name, _, config = source[4:].partition(":")
+        try:
+            ds = datasets.load_dataset(name, config or None, split=split)
+        except Exception as e:  # noqa: BLE001 - the hub raises many types; all mean "cannot read"
+            raise DistillError(f"task {task_name}: cannot load hub dataset {name!r}: {e}") from None
+        return list(ds)
+    path = Path(source)
+    if not path.is_file():
+        raise DistillError(f"task {task_name}: {split} data file {source} not found")
+    builder = {".jsonl": "json", ".json": "json", ".csv": "csv", ".parquet": "parquet"}[path.suffix]
+    try:
+        ds = datasets.load_dataset(builder, data_files=str(path), split="train")
+    except Exception as e:  # noqa: BLE001
+        raise DistillError(f"task {task_name}: cannot read {source}: {e}") from None
+    return list(ds)
+
+
+def text_field(row: dict[str, Any], key: str, where: str, index: int, max_chars: int) -> str:
+    """A row's non-empty text field, at most ``max_chars`` long; an error names the row otherwise."""
+    if key not in row:
+        raise DistillError(f"{where}: row {index} has no field {key!r} (fields: {', '.join(row)})")
+    value = row[key]
+    if not isinstance(value, str) or not value.strip():
+        raise DistillError(f"{where}: row {index} field {key!r} is empty")
+    if len(value) > max_chars:
+        raise DistillError(
+            f"{where}: row {index} field {key!r} has {len(value)} characters (max_chars {max_chars})"
+        )
+    return value
+
+
+def write_jsonl(path: Path, rows: list[dict[str, Any]]) -> None:
+    """The one JSONL writer: atomic, so a crash never leaves a half file behind."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    with tmp.open("w") as f:
+        for row in rows:
+            f.write(json.dumps(row, ensure_ascii=False) + "\n")
+    tmp.replace(path)
+
+
+def read_jsonl(path: Path) -> list[dict[str, Any]]:
+    if not path.is_file():
+        raise DistillError(f"{path} not found (run the stage that writes it first)")
+    with path.open() as f:
+        return [json.loads(line) for line in f if line.strip()]

@@ -1,0 +1,1 @@
+"""Per-row scores and their bootstrap intervals."""

@@ -1,0 +1,1 @@
+"""The report: markdown, self-contained HTML, figures."""

@@ -1,0 +1,1 @@
+"""Operations over whole pipelines: scheduled runs (lock, history, promotion) and ablations."""

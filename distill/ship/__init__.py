@@ -1,0 +1,1 @@
+"""Shipping a trained student: an HTTP server and exports plain transformers loads."""

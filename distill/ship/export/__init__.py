@@ -1,0 +1,1 @@
+"""distill export: one file per artifact kind, checked against the student."""

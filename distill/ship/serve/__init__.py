@@ -1,0 +1,1 @@
+"""distill serve: request protocol, service (batched model calls), app (FastAPI routes)."""

@@ -1,0 +1,390 @@
+"""The student: one shared pretrained encoder, a head per classification task, and a
+summarization decoder that cross-attends to the same encoder; with shared-private or
+adversarial sharing, a small private encoder per task beside it (distill/sharing.py).
+
+A saved student is a self-contained folder (student.json, model.safetensors, tokenizer
+files) that ``load_student`` rebuilds with nothing else: no hub, no original encoder.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from distill.core.assets import resolve_encoder
+from distill.core.config import StudentConfig
+from distill.core.errors import DistillError
+from distill.core.layout import SPEC_FILE, WEIGHTS_FILE
+from distill.student.sharing import (
+    PrivateEncoder,
+    adversarial_task_loss,
+    gradient_reversal,
+    mean_pool,
+    orthogonality_penalty,
+)
+from distill.student.tokens import decoder_inputs, set_special_tokens
+
+
+@dataclass
+class StudentSpec:
+    """Everything needed to rebuild the architecture; saved beside the weights."""
+
+    tasks: dict[str, dict[str, Any]]
+    """Task name → {"kind", "labels" (label names, None for a task that writes text),
+    "prefix" (what the student reads before a document, None for label tasks)}."""
+    encoder_config: dict[str, Any]
+    decoder_config: dict[str, Any] | None
+    max_length: int
+    max_document_length: int
+    max_summary_length: int
+    dropout: float
+    encoder_source: str
+    sharing: str = "hard"
+    """hard | shared_private | adversarial (distill/sharing.py)."""
+    private_feedforward: int = 512
+    """Width of each private encoder's feed-forward layer."""
+    adversarial_weight: float = 0.05
+    orthogonality_weight: float = 0.01
+    """λ_adv and γ of the adversarial sharing losses (Liu, Qiu & Huang 2017)."""
+    summarizer: str = "bert2bert"
+    """bert2bert | teacher_layers (distill/decoders.py)."""
+    decoder_source: str | None = None
+    decoder_layers: list[int] | None = None
+    """teacher_layers: the model the decoder was cut from, and which of its layers it kept."""
+    bridge: bool = False
+    training: dict[str, Any] | None = None
+    """How train made these weights (hard_labels, soft_weight, kd_temperature,
+    teach_outputs_sha256, cut_summaries, steps, sampling, weighting); None for a student never
+    trained."""
+
+    @property
+    def summarization_tasks(self) -> list[str]:
+        return [name for name, entry in self.tasks.items() if entry["labels"] is None]
+
+    @property
+    def private(self) -> bool:
+        return self.sharing in ("shared_private", "adversarial")
+
+
+class Student(nn.Module):
+    """forward(task, **batch) → {"logits": …} plus, under adversarial sharing, the auxiliary
+    losses "adversarial" and "orthogonality" (already weighted by λ_adv and γ)."""
+
+    def __init__(
+        self, spec: StudentSpec, backbone: nn.Module, summarizer: nn.Module | None = None, codec: Any = None
+    ):
+        super().__init__()
+        self.spec = spec
+        # An EncoderDecoderModel when a bert2bert decoder summarizes, else a bare encoder.
+        self.backbone = backbone
+        # teacher_layers: the decoder-only summarizer and its text ↔ ids codec.
+        self.summarizer = summarizer
+        self.codec = codec
+        self.warmup_record: dict[str, Any] | None = None
+        config = self.encoder.config
+        hidden = config.hidden_size
+        width = 2 * hidden if spec.private else hidden  # a head reads [shared; private]
+        self.heads = nn.ModuleDict(
+            {
+                name: nn.Sequential(nn.Dropout(spec.dropout), nn.Linear(width, len(entry["labels"])))
+                for name, entry in spec.tasks.items()
+                if entry["labels"] is not None
+            }
+        )
+        if spec.private:
+            heads = config.num_attention_heads
+            self.private = nn.ModuleDict(
+                {
+                    name: PrivateEncoder(hidden, heads, spec.private_feedforward, spec.dropout)
+                    for name in spec.tasks
+                }
+            )
+        if spec.sharing == "adversarial":
+            self.discriminator = nn.Linear(hidden, len(spec.tasks))
+        self._task_index = {name: i for i, name in enumerate(spec.tasks)}
+
+    @property
+    def encoder(self) -> nn.Module:
+        return (
+            self.backbone.encoder if self.spec.decoder_config and self.summarizer is None else self.backbone
+        )
+
+    def shared_parameters(self) -> list[nn.Parameter]:
+        """Parameters every task reaches: the shared encoder's."""
+        return [p for p in self.encoder.parameters() if p.requires_grad]
+
+    def last_shared_parameters(self) -> list[nn.Parameter]:
+        """The shared encoder's last layer (GradNorm's W); all shared parameters if it has no
+        numbered layers."""
+        last = getattr(self.encoder.config, "num_hidden_layers", 0) - 1
+        named = [(n, p) for n, p in self.encoder.named_parameters() if p.requires_grad]
+        chosen = [p for n, p in named if f"layer.{last}." in n]
+        return chosen or [p for _, p in named]
+
+    def _features(
+        self,
+        task: str,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        token_type_ids: torch.Tensor | None,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Shared states and (sharing permitting) this task's private states, (batch, seq, hidden)."""
+        extra = {} if token_type_ids is None else {"token_type_ids": token_type_ids}
+        shared = self.encoder(input_ids=input_ids, attention_mask=attention_mask, **extra).last_hidden_state
+        if not self.spec.private:
+            return shared, None
+        embedded = self.encoder.embeddings(input_ids=input_ids, **extra)
+        return shared, self.private[task](embedded, attention_mask)
+
+    def _aux_losses(
+        self, task: str, shared: torch.Tensor, private: torch.Tensor | None, mask: torch.Tensor
+    ) -> dict[str, torch.Tensor]:
+        if self.spec.sharing != "adversarial":
+            return {}
+        assert private is not None
+        pooled_shared, pooled_private = mean_pool(shared, mask), mean_pool(private, mask)
+        judged = self.discriminator(gradient_reversal(pooled_shared))  # (batch, tasks)
+        return {
+            "adversarial": self.spec.adversarial_weight
+            * adversarial_task_loss(judged, self._task_index[task]),
+            "orthogonality": self.spec.orthogonality_weight
+            * orthogonality_penalty(pooled_shared, pooled_private),
+        }
+
+    def _classify(self, task, input_ids, attention_mask, token_type_ids) -> dict[str, torch.Tensor]:
+        shared, private = self._features(task, input_ids, attention_mask, token_type_ids)
+        pooled = mean_pool(shared, attention_mask)  # (batch, hidden)
+        if private is not None:
+            pooled = torch.cat([pooled, mean_pool(private, attention_mask)], dim=-1)
+        return {"logits": self.heads[task](pooled), **self._aux_losses(task, shared, private, attention_mask)}
+
+    def classify(
+        self,
+        task: str,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        token_type_ids: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """(batch, seq) token ids → (batch, labels) logits, from mean-pooled encoder states.
+
+        token_type_ids (batch, seq): the segment of each token for sentence pairs."""
+        return self._classify(task, input_ids, attention_mask, token_type_ids)["logits"]
+
+    def _encoder_outputs(self, task: str, input_ids: torch.Tensor, attention_mask: torch.Tensor):
+        """What the decoder cross-attends to: shared (+ private) states, and them apart."""
+        from transformers.modeling_outputs import BaseModelOutput
+
+        shared, private = self._features(task, input_ids, attention_mask, None)
+        states = shared if private is None else shared + private
+        return BaseModelOutput(last_hidden_state=states), shared, private
+
+    def _summary(self, task, input_ids, attention_mask, target_ids, **prompt) -> dict[str, torch.Tensor]:
+        if self.summarizer is not None:
+            shared, _ = self._features(task, input_ids, attention_mask, None)
+            pooled = mean_pool(shared, attention_mask)  # (batch, hidden): what the bridge reads
+            return {
+                "logits": self.summarizer(
+                    prompt["decoder_prompt_ids"], prompt["decoder_prompt_mask"], pooled, target_ids
+                )
+            }
+        config = self.backbone.config
+        decoder_input_ids, decoder_mask = decoder_inputs(
+            target_ids, config.decoder_start_token_id, config.pad_token_id
+        )
+        encoded, shared, private = self._encoder_outputs(task, input_ids, attention_mask)
+        out = self.backbone(
+            encoder_outputs=encoded,
+            attention_mask=attention_mask,
+            decoder_input_ids=decoder_input_ids,
+            decoder_attention_mask=decoder_mask,
+        )
+        return {"logits": out.logits, **self._aux_losses(task, shared, private, attention_mask)}
+
+    def summary_logits(
+        self, task: str, input_ids: torch.Tensor, attention_mask: torch.Tensor, target_ids: torch.Tensor
+    ) -> torch.Tensor:
+        """Teacher-forced decoder logits (batch, target_len, vocab) for targets (batch, target_len)."""
+        return self._summary(task, input_ids, attention_mask, target_ids)["logits"]
+
+    def forward(self, task: str, **batch: torch.Tensor) -> dict[str, torch.Tensor]:
+        if self.spec.tasks[task]["labels"] is None:
+            prompt = {k: batch[k] for k in ("decoder_prompt_ids", "decoder_prompt_mask") if k in batch}
+            return self._summary(
+                task, batch["input_ids"], batch["attention_mask"], batch["target_ids"], **prompt
+            )
+        return self._classify(task, batch["input_ids"], batch["attention_mask"], batch.get("token_type_ids"))
+
+    @torch.inference_mode()
+    def summarize(
+        self,
+        task: str,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        max_new_tokens: int,
+        decoding: dict[str, Any] | None = None,
+        prompt: dict[str, torch.Tensor] | None = None,
+    ) -> torch.Tensor:
+        """(batch, new) generated ids; ``decoding``: generate options (num_beams,
+        no_repeat_ngram_size, length_penalty); ``prompt``: decoder_prompt_ids/mask for a
+        teacher-layers summarizer."""
+        decoding = decoding or {"num_beams": 1}
+        if self.summarizer is not None:
+            assert prompt is not None
+            shared, _ = self._features(task, input_ids, attention_mask, None)
+            return self.summarizer.generate(
+                prompt["decoder_prompt_ids"],
+                prompt["decoder_prompt_mask"],
+                mean_pool(shared, attention_mask),
+                max_new_tokens,
+                self.codec.stop_student_ids,
+                **decoding,
+            )
+        encoded, _, _ = self._encoder_outputs(task, input_ids, attention_mask)
+        return self.backbone.generate(
+            encoder_outputs=encoded, attention_mask=attention_mask, max_new_tokens=max_new_tokens, **decoding
+        )
+
+
+def build_student(
+    cfg: StudentConfig,
+    tasks: list[Any],
+    corpus: dict[str, list[dict[str, Any]]] | None = None,
+    unlabeled: list[str] | None = None,
+) -> tuple[Student, Any]:
+    """A fresh student warm-started from the pretrained encoder, and a summarization decoder:
+    the encoder's own weights (bert2bert) or the teacher's layers (teacher_layers, cut by
+    measurements on ``corpus``: task name → teach train rows). With ``cfg.warmup.steps`` the
+    summarization path is then warmed up on ``unlabeled`` text (cached; distill/warmup.py) and
+    the record kept in ``student.warmup_record``."""
+    from transformers import AutoModel, AutoTokenizer, EncoderDecoderModel
+
+    path = resolve_encoder(cfg.encoder)
+    writes = [t for t in tasks if t.generates_text]
+    summarizer = codec = layers = None
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path)
+        if writes and cfg.summarizer == "bert2bert":
+            backbone = EncoderDecoderModel.from_encoder_decoder_pretrained(path, path)
+            set_special_tokens(backbone, tokenizer, cfg.encoder)
+        else:
+            backbone = AutoModel.from_pretrained(path)
+    except OSError as e:
+        raise DistillError(f"student.encoder {cfg.encoder!r}: cannot load ({e})") from None
+    if writes and cfg.summarizer == "teacher_layers":
+        from distill.student.summarizers.teacher_layers.decoder import cut_teacher
+
+        rows = [(t.instruction, r) for t in writes for r in (corpus or {}).get(t.name, [])]
+        extra = unlabeled if cfg.warmup.steps else []
+        summarizer, codec, layers = cut_teacher(cfg, rows, backbone.config.hidden_size, extra)
+    has_decoder = hasattr(backbone, "decoder")
+    spec = StudentSpec(
+        tasks={t.name: t.student_entry() for t in tasks},
+        encoder_config=(backbone.config.encoder if has_decoder else backbone.config).to_dict(),
+        decoder_config=(
+            backbone.config.decoder.to_dict() if has_decoder
+            else summarizer.lm.config.to_dict() if summarizer is not None else None
+        ),
+        max_length=cfg.max_length,
+        max_document_length=cfg.max_document_length,
+        max_summary_length=cfg.max_summary_length,
+        dropout=cfg.dropout,
+        encoder_source=cfg.encoder,
+        sharing=cfg.sharing,
+        private_feedforward=cfg.private_feedforward,
+        adversarial_weight=cfg.adversarial_weight,
+        orthogonality_weight=cfg.orthogonality_weight,
+        summarizer=cfg.summarizer if writes else "bert2bert",
+        decoder_source=cfg.decoder_source if summarizer is not None else None,
+        decoder_layers=layers,
+        bridge=cfg.bridge and summarizer is not None,
+    )  # fmt: skip
+    student = Student(spec, backbone, summarizer, codec)
+    if writes and cfg.warmup.steps:
+        from distill.student.warmup import warm_up
+
+        student.warmup_record = warm_up(student, tokenizer, cfg, unlabeled or [])
+    return student, tokenizer
+
+
+def _config(data: dict[str, Any]) -> Any:
+    from transformers import AutoConfig
+
+    data = dict(data)
+    return AutoConfig.for_model(data.pop("model_type"), **data)
+
+
+def _backbone_from_spec(spec: StudentSpec, tokenizer: Any) -> nn.Module:
+    from transformers import AutoModel, EncoderDecoderConfig, EncoderDecoderModel
+
+    if spec.decoder_config is None or spec.summarizer == "teacher_layers":
+        return AutoModel.from_config(_config(spec.encoder_config))
+    full = EncoderDecoderConfig.from_encoder_decoder_configs(
+        _config(spec.encoder_config), _config(spec.decoder_config)
+    )
+    model = EncoderDecoderModel(config=full)
+    set_special_tokens(model, tokenizer, spec.encoder_source)
+    return model
+
+
+def _summarizer_from_spec(spec: StudentSpec) -> nn.Module | None:
+    if spec.summarizer != "teacher_layers":
+        return None
+    from distill.student.summarizers.teacher_layers.decoder import CausalSummarizer
+
+    assert spec.decoder_config is not None
+    return CausalSummarizer(_config(spec.decoder_config), spec.encoder_config["hidden_size"], spec.bridge)
+
+
+DECODER_TOKENIZER = "decoder_tokenizer"
+"""Subfolder of a teacher-layers student: the teacher's tokenizer its decoder reads and writes."""
+
+
+def save_student(
+    state_dict: dict[str, torch.Tensor], spec: StudentSpec, tokenizer: Any, folder: Path, codec: Any = None
+) -> None:
+    """Write weights (fp32) + spec + tokenizer(s); the folder then loads with nothing else."""
+    from safetensors.torch import save_model
+
+    folder.mkdir(parents=True, exist_ok=True)
+    model = Student(spec, _backbone_from_spec(spec, tokenizer), _summarizer_from_spec(spec))
+    model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in state_dict.items()})
+    save_model(model, str(folder / WEIGHTS_FILE))  # handles the decoder's tied embeddings
+    (folder / SPEC_FILE).write_text(json.dumps(asdict(spec), indent=2) + "\n")
+    tokenizer.save_pretrained(folder)
+    if codec is not None:
+        codec.tokenizer.save_pretrained(folder / DECODER_TOKENIZER)
+
+
+def load_student(folder: str | Path) -> tuple[Student, Any]:
+    from safetensors import SafetensorError
+    from safetensors.torch import load_model
+    from transformers import AutoTokenizer
+
+    folder = Path(folder)
+    if not (folder / SPEC_FILE).is_file() or not (folder / WEIGHTS_FILE).is_file():
+        raise DistillError(f"{folder}: not a student folder (needs {SPEC_FILE} and {WEIGHTS_FILE})")
+    try:
+        data = json.loads((folder / SPEC_FILE).read_text())
+        if any(not isinstance(entry, dict) for entry in data.get("tasks", {}).values()):
+            raise DistillError(
+                f"{folder}: written by an older distill (tasks as label lists, before task kinds); "
+                "retrain it with `distill train`"
+            )
+        spec = StudentSpec(**data)
+        tokenizer = AutoTokenizer.from_pretrained(folder)
+        model = Student(spec, _backbone_from_spec(spec, tokenizer), _summarizer_from_spec(spec))
+        load_model(model, str(folder / WEIGHTS_FILE))
+        if model.summarizer is not None:
+            from distill.student.summarizers.teacher_layers.decoder import codec_for
+
+            model.codec = codec_for(
+                AutoTokenizer.from_pretrained(folder / DECODER_TOKENIZER), model.summarizer
+            )
+    except (OSError, ValueError, TypeError, RuntimeError, SafetensorError) as e:
+        raise DistillError(f"{folder}: corrupt student folder ({e})") from None
+    return model.eval(), tokenizer

@@ -1,0 +1,87 @@
+"""Prompt templates. A template's version is part of every cache key, so editing a
+template (or its version) never serves answers written for the old one."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from distill.core.config import TaskConfig
+from distill.core.data import Example
+
+PROMPT_VERSION = "v1"
+
+CLASSIFY_INSTRUCTION = "Classify the text into one of these labels: {choices}."
+SUMMARIZE_INSTRUCTION = "Summarize the following text in two or three sentences."
+ANSWER_PREFIX = "Answer:"
+"""Classification prompts end here, so the next token is the verbalizer (after a space)."""
+
+
+@dataclass(frozen=True)
+class Prompt:
+    """A user turn ``head + body + tail`` and the text the assistant's reply begins with.
+
+    ``body`` is the input itself: the one part a backend may shorten to fit its context.
+    """
+
+    head: str
+    body: str
+    tail: str = ""
+    assistant_prefix: str = ""
+
+    @property
+    def user(self) -> str:
+        return self.head + self.body + self.tail
+
+
+def template_version(task: TaskConfig) -> str:
+    """PROMPT_VERSION plus a hash of everything that shapes this task's prompt."""
+    parts = [PROMPT_VERSION, task.kind, task.instruction or "", repr(sorted(task.labels.items()))]
+    return f"{PROMPT_VERSION}-{hashlib.sha256('|'.join(parts).encode()).hexdigest()[:12]}"
+
+
+def text_body(example: Example) -> str:
+    return f"Text: {example['text']}"
+
+
+def classification_prompt(
+    task: TaskConfig,
+    example: Example,
+    shots: Sequence[Example] = (),
+    body: Callable[[Example], str] = text_body,
+) -> Prompt:
+    """Instruction, optional labeled shots, the example, then 'Answer:' for the label word.
+    ``body`` shows an example's input (the task kind decides: one text, a pair …)."""
+    choices = ", ".join(task.labels.values())
+    instruction = (task.instruction or CLASSIFY_INSTRUCTION).format(choices=choices)
+    blocks = [instruction]
+    for shot in shots:
+        blocks.append(f"{body(shot)}\n{ANSWER_PREFIX} {task.labels[shot['label']]}")
+    return Prompt(
+        head="\n\n".join(blocks) + "\n\n",
+        body=body(example),
+        tail=f"\n\nAnswer with one word: {choices}.",
+        assistant_prefix=ANSWER_PREFIX,
+    )
+
+
+def summary_prompt(task: TaskConfig, example: Example) -> Prompt:
+    instruction = task.instruction or SUMMARIZE_INSTRUCTION
+    return Prompt(head=f"{instruction}\n\n", body=example["document"])
+
+
+def few_shot_examples(task: TaskConfig, pool: list[Example], k: int) -> list[Example]:
+    """k gold-labeled examples, cycling through the labels so each is shown."""
+    if k == 0:
+        return []
+    by_label: dict[str, list[Example]] = {label: [] for label in task.labels}
+    for ex in pool:
+        if ex["label"] is not None:
+            by_label[ex["label"]].append(ex)
+    shots: list[Example] = []
+    depth = 0
+    while len(shots) < k and any(len(v) > depth for v in by_label.values()):
+        shots += [v[depth] for v in by_label.values() if len(v) > depth][: k - len(shots)]
+        depth += 1
+    return shots

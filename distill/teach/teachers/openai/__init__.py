@@ -1,0 +1,1 @@
+"""The OpenAI-compatible API backend: online requests, the Batch API, answer parsing."""
