@@ -4,16 +4,15 @@
 from __future__ import annotations
 
 import os
-import socket
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 import typer
 
 from distill.core.errors import DistillError
-from distill.ops.runs.records import EXIT_CONFIG, EXIT_GATES, EXIT_LOCKED, EXIT_TEACHER, RunLocked
+from distill.ops.runs.launch import Launch, launch_train
+from distill.ops.runs.lock import RunLocked
+from distill.ops.runs.records import EXIT_CONFIG, EXIT_GATES, EXIT_LOCKED, EXIT_TEACHER
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
 
@@ -50,36 +49,28 @@ def _budget(overrides: list[str], max_cost: float | None, max_requests: int | No
 
 
 def _exit_on_failed_items(cfg, summary: dict) -> None:
-    from distill.core.layout import failures_path
-    from distill.teach.run import failed_items
+    from distill.ops.runs.scheduled import teach_report
 
-    _echo_usage(summary["teacher"]["usage"])
-    if summary["complete"]:
-        return
-    failed = failed_items(cfg)
-    _fail_teacher(
-        failed,
-        f"the teacher failed {len(failed)} items (all listed in {failures_path(cfg)}); "
-        "their splits were not written. Rerun to retry only those.",
-    )
+    for line in teach_report(cfg, summary):
+        typer.echo(line, err=True)
+    if not summary["complete"]:
+        raise typer.Exit(EXIT_TEACHER)
 
 
 def _fail_teacher(items: list[dict], message: str) -> None:
     """List the first failed items, say what to do, exit EXIT_TEACHER."""
-    for item in items[:5]:
-        typer.echo(f"  {item['task']}/{item['split']} {item['id']}: {item['reason']}", err=True)
-    typer.echo(f"error: {message}", err=True)
+    from distill.ops.runs.scheduled import failure_lines
+
+    for line in failure_lines(items, message):
+        typer.echo(line, err=True)
     raise typer.Exit(EXIT_TEACHER)
 
 
 def _echo_usage(usage: dict | None) -> None:
-    if usage:
-        cost = f", ~${usage['cost_usd']}" if usage.get("cost_usd") is not None else ""
-        typer.echo(
-            f"teach: {usage['requests']} API requests ({usage['retries']} retries), "
-            f"{usage['input_tokens']} tokens in, {usage['output_tokens']} out{cost}",
-            err=True,
-        )
+    from distill.ops.runs.scheduled import usage_line
+
+    if line := usage_line(usage):
+        typer.echo(line, err=True)
 
 
 def _exit_on_failed_gates(report: dict) -> None:
@@ -127,9 +118,10 @@ def teach(
         raise DistillError("--shard and --merge: one at a time (label the shards, then merge them)")
     _quiet()
     from distill.teach import run as stage
+    from distill.teach import shard as shards
 
     if merge:
-        merged = stage.merge(cfg, from_)
+        merged = shards.merge(cfg, from_)
         typer.echo(
             f"teach: merged {len(merged['sources'])} shard caches into {merged['dest']}: "
             f"{merged['added']} added, {merged['same']} already there, {merged['conflicts']} conflicts "
@@ -140,12 +132,13 @@ def teach(
             typer.echo(f"warning: shard(s) {', '.join(map(str, missing))} of {n} not merged yet", err=True)
         return
     if shard:
-        done = stage.run_shard(cfg, stage.parse_shard(shard), cache=shard_cache)
+        done = shards.run_shard(cfg, shards.parse_shard(shard), cache=shard_cache)
         _echo_usage(done["teacher"]["usage"])
         cache = done["cache"]
         typer.echo(
-            f"teach: shard {done['shard']}: {cache['teacher_calls']} teacher calls, {cache['hits']} cache "
-            f"hits, {cache['other_shards']} left to other shards → {cache['path']}",
+            f"teach: shard {done['shard']}: {cache['teacher_calls']} teacher answers ({cache['stored']} "
+            f"stored), {cache['hits']} cache hits, {cache['other_shards']} left to other shards "
+            f"→ {cache['path']}",
             err=True,
         )
         if not done["complete"]:
@@ -157,8 +150,8 @@ def teach(
         return
     summary = stage.run(cfg)
     typer.echo(
-        f"teach: {summary['cache']['teacher_calls']} teacher calls, {summary['cache']['hits']} cache hits "
-        f"→ {cfg.path / 'teach'}",
+        f"teach: {summary['cache']['teacher_calls']} teacher answers ({summary['cache']['stored']} "
+        f"stored), {summary['cache']['hits']} cache hits → {cfg.path / 'teach'}",
         err=True,
     )
     _exit_on_failed_items(cfg, summary)
@@ -173,30 +166,6 @@ HOSTFILE = typer.Option(
 NUM_NODES = typer.Option(None, help="With --hostfile: how many of its hosts to use (DeepSpeed --num_nodes).")
 
 
-def train_command(
-    args: list[str], nproc: int, hostfile: Path | None, num_nodes: int | None, port: int
-) -> list[str]:
-    """The launcher command that runs ``distill.cli train ARGS`` in every process: torchrun on
-    this machine, or DeepSpeed's launcher (ssh/pdsh to the hostfile's hosts) across machines.
-    DeepSpeed's ``--no_local_rank``: the processes read LOCAL_RANK from the environment."""
-    if hostfile is not None:
-        nodes = ["--num_nodes", str(num_nodes)] if num_nodes else []
-        return [
-            sys.executable, "-m", "deepspeed.launcher.runner", "--hostfile", str(hostfile), *nodes,
-            "--num_gpus", str(nproc), "--master_port", str(port), "--no_local_rank",
-            "--module", "distill.cli", "train", *args,
-        ]  # fmt: skip
-    return [
-        sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}",
-        f"--master_port={port}", "-m", "distill.cli", "train", *args,
-    ]  # fmt: skip
-
-
-def _launched(nproc: int, hostfile: Path | None) -> bool:
-    """Whether training runs in launched processes (and this one only launches them)."""
-    return (nproc > 1 or hostfile is not None) and "LOCAL_RANK" not in os.environ
-
-
 @app.command()
 def train(
     pipeline: Path = PIPELINE,
@@ -208,11 +177,9 @@ def train(
 ) -> None:
     """Train the multi-task student inside DeepSpeed and export it."""
     cfg = _load(pipeline, set_)
-    if _launched(nproc, hostfile):
-        from distill.train.distributed import free_port
-
-        args = [str(pipeline), *(a for o in set_ for a in ("--set", o)), *(["--resume"] if resume else [])]
-        raise typer.Exit(subprocess.call(train_command(args, nproc, hostfile, num_nodes, free_port())))
+    launch = Launch(nproc, hostfile, num_nodes)
+    if launch.launched:
+        raise typer.Exit(launch_train(launch, pipeline, set_, resume))
     _quiet()
     from distill.train import run as stage
 
@@ -222,7 +189,7 @@ def train(
 
 @app.command("eval")
 def eval_(pipeline: Path = PIPELINE, set_: list[str] = SET) -> None:
-    """Compare student, teacher and gold; exits 1 when a configured gate fails."""
+    """Compare student, teacher and gold; exits 4 (EXIT_GATES) when a configured gate fails."""
     cfg = _load(pipeline, set_)
     _quiet()
     from distill.eval import run as stage
@@ -251,111 +218,36 @@ def run(
     overrides = _budget(set_, max_cost, max_requests)
     cfg = _load(pipeline, overrides)
     _quiet()
-    from distill.ops.runs import records as runs
+    from distill.ops.runs import scheduled
 
-    root = cfg.path
-    rid = (runs.resumable(root) if resume else None) or runs.run_id(cfg)
-    lock = runs.Lock.acquire(root, runs.holder_record(rid))
-    try:
-        if lock.took_over:
-            who = lock.took_over
-            typer.echo(
-                f"warning: took over the lock of run {who.get('run_id')} (pid {who.get('pid')} on "
-                f"{who.get('host')}, started {who.get('started')}), which ended without releasing it",
-                err=True,
-            )
-        code = _scheduled(cfg, rid, pipeline, overrides, resume, nproc, hostfile, num_nodes)
-    finally:
-        lock.release()
-    raise typer.Exit(code)
+    raise typer.Exit(scheduled.run(cfg, pipeline, overrides, resume, Launch(nproc, hostfile, num_nodes)))
 
 
-def _scheduled(
-    cfg, rid: str, pipeline: Path, overrides: list[str], resume: bool, nproc: int,
-    hostfile: Path | None, num_nodes: int | None,
-) -> int:  # fmt: skip
-    """One scheduled run in ``run_dir/<rid>``; records it (run.json, history) whatever happens."""
-    from distill.eval import run as evaluation
-    from distill.eval.report.markdown import markdown
-    from distill.ops.runs import records as runs
-    from distill.teach import run as teach
+@app.command("config")
+def config_(
+    pipeline: Path = PIPELINE,
+    prefix: str | None = typer.Argument(None, help="Only the keys under this one: train.weighting."),
+    set_: list[str] = SET,
+    wrap: bool = typer.Option(False, help="Wrap long values and docs instead of cutting them."),
+) -> None:
+    """The resolved pipeline, defaults and overrides applied: each key's type, value and doc,
+    the chosen plugins' options included."""
+    import shutil
 
-    root, started = cfg.path, time.time()
-    cfg.run_dir = str(root / rid)
-    cfg.path.mkdir(parents=True, exist_ok=True)
-    record: dict = {"id": rid, "pipeline": str(pipeline), "started": runs.now(), "status": "running"}
-    record.update(host=socket.gethostname(), pid=os.getpid(), overrides=overrides)
-    runs.write_json_atomic(cfg.path / runs.RUN_FILE, record)
-    timings: dict[str, float] = {}
-    code = 0
-    try:
-        start = time.perf_counter()
-        summary = teach.run(cfg)
-        timings["teach"] = time.perf_counter() - start
-        usage = summary["teacher"]["usage"] or {}
-        record["teach"] = {
-            "teacher_calls": summary["cache"]["teacher_calls"],
-            "cache_hits": summary["cache"]["hits"],
-            "cost_usd": usage.get("cost_usd"),
-        }
-        _exit_on_failed_items(cfg, summary)
-        start = time.perf_counter()
-        if _launched(nproc, hostfile):
-            from distill.train.distributed import free_port
+    from distill.core.config.listing import config_rows, config_table
 
-            args = [str(pipeline), *(a for o in [*overrides, f"run_dir={cfg.path}"] for a in ("--set", o))]
-            args += ["--resume"] if resume else []
-            if subprocess.call(train_command(args, nproc, hostfile, num_nodes, free_port())) != 0:
-                raise RuntimeError("the launched training processes failed (their output is above)")
-        else:
-            from distill.train import run as train
-
-            train.run(cfg, resume=resume)
-        timings["train"] = time.perf_counter() - start
-        start = time.perf_counter()
-        report = evaluation.run(cfg)
-        timings["eval"] = time.perf_counter() - start
-        typer.echo(markdown(report))
-        gates_passed = all(g["passed"] for g in report["gates"].values())
-        decision = runs.promotion(cfg, root, gates_passed)
-        record["headline"] = runs.headline_means(cfg.path)
-        failed = [k for k, g in report["gates"].items() if not g["passed"]]
-        record["gates"] = {"passed": gates_passed, "failed": failed}
-        record["promotion"] = decision
-        if decision["promote"]:
-            runs.point(root, runs.PROMOTED, rid)
-        runs.point(root, runs.LATEST, rid)
-        record["status"] = "complete" if gates_passed else "gates_failed"
-        record["checkpoints_removed_mb"] = runs.remove_checkpoints(cfg.path)
-        verdict = "promoted" if decision["promote"] else "not promoted"
-        typer.echo(f"run {rid}: {verdict} ({decision['reason']})", err=True)
-        _exit_on_failed_gates(report)
-    except typer.Exit as e:
-        code = e.exit_code
-        record["status"] = {EXIT_TEACHER: "teacher_failed", EXIT_GATES: "gates_failed"}.get(code, "failed")
-    except DistillError as e:
-        record.update(status="error", error=str(e))
-        raise
-    except BaseException as e:  # a crash (or Ctrl-C): recorded, then re-raised
-        record.update(status="crashed", error=f"{type(e).__name__}: {e}")
-        raise
-    finally:
-        record["finished"], record["duration_s"] = runs.now(), round(time.time() - started, 1)
-        record["timings_s"] = {k: round(v, 1) for k, v in timings.items()}
-        record["exit_code"] = code if record["status"] not in ("error", "crashed") else None
-        runs.write_json_atomic(cfg.path / runs.RUN_FILE, record)
-        runs.append_history(root, record)
-        typer.echo("wall time: " + ", ".join(f"{k} {v:.0f} s" for k, v in timings.items()), err=True)
-    return code
+    rows = config_rows(_load(pipeline, set_), prefix)
+    typer.echo(config_table(rows, shutil.get_terminal_size((120, 24)).columns, wrap))
 
 
 @app.command("runs")
 def runs_(pipeline: Path = PIPELINE, set_: list[str] = SET) -> None:
     """The history of scheduled runs of a pipeline (run_dir/history.jsonl), oldest first."""
     cfg = _load(pipeline, set_)
-    from distill.ops.runs import records as runs
+    from distill.ops.runs.history import history, table
+    from distill.ops.runs.records import PROMOTED, pointed
 
-    typer.echo(runs.history_table(runs.history(cfg.path), runs.pointed(cfg.path, runs.PROMOTED)))
+    typer.echo(table(history(cfg.path), pointed(cfg.path, PROMOTED)))
 
 
 @app.command()

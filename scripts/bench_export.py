@@ -42,15 +42,15 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from distill.ship.export.run import (  # noqa: E402
+from distill.ship.export.causal import (  # noqa: E402
     causal_summaries,
     pipeline_messages,
-    pipeline_probs,
-    prompt_parts,
     recipe_prompt_ids,
-    seq2seq_summaries,
-    teach_rows,
 )
+from distill.ship.export.classifier import pipeline_probs  # noqa: E402
+from distill.ship.export.run import teach_rows  # noqa: E402
+from distill.ship.export.seq2seq import seq2seq_summaries  # noqa: E402
+from distill.student.summarizers.teacher_layers.decoder import prompt_parts  # noqa: E402
 from distill.tasks import task_from_student  # noqa: E402
 
 
@@ -228,7 +228,7 @@ def pipeline_call(folder: Path, tok: Any, instruction: str, n: int) -> Callable[
 def summary_figures(variant, texts, rate, rows, done) -> dict[str, Any]:
     """Figures of one variant's summaries of the first len(texts) rows, each against the
     student's summaries of the same rows."""
-    from distill.eval.stats import rouge_per_row
+    from distill.eval.metrics.summaries import rouge_per_row
 
     n = len(texts)
     references = [r.get("reference") or "" for r in rows[:n]]

@@ -51,7 +51,7 @@ def start_server(
 ) -> tuple[subprocess.Popen, int]:
     """`serve` on port 0 in a child process; its port, read from uvicorn's start line."""
     options = f"port=0, max_batch={max_batch}, max_wait_ms={max_wait_ms}, device={device!r}"
-    code = f"from distill.serve import serve; serve({str(student)!r}, {options})"
+    code = f"from distill.ship.serve.app import serve; serve({str(student)!r}, {options})"
     env = {**os.environ, "PYTHONPATH": str(REPO), "TOKENIZERS_PARALLELISM": "false"}
     proc = subprocess.Popen(
         [sys.executable, "-c", code], stderr=subprocess.PIPE, text=True, env=env, cwd=REPO

@@ -26,7 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from distill.core.data import read_jsonl  # noqa: E402
 from distill.core.layout import output_path
-from distill.eval.stats import expected_calibration_error  # noqa: E402
+from distill.eval.metrics.classification import expected_calibration_error  # noqa: E402
 from distill.pipeline import load as load_pipeline
 from distill.teach.calibration import calibrate, nll  # noqa: E402
 from distill.teach.run import run as teach  # noqa: E402

@@ -16,6 +16,9 @@ tokens under ``tokenizer`` (a byte-level BPE transformers tokenizer; without one
 token), each followed by the first ``top_logprobs - 1`` other tokens of ``ALTERNATIVES``, at
 probabilities 1/2, 1/4, 1/8 …; faults ``nologprobs`` (none), ``nobytes`` (``bytes`` null) and
 ``badtoken`` (the second token is ``BAD_TOKEN``, in no vocabulary).
+
+GET /v1/models lists the one model (off with ``models = False``, as on endpoints without that
+route); fault ``drop`` closes the connection without a reply, as a server that dies does.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ import argparse
 import email.parser
 import json
 import math
+import socket
 import threading
 import time
 import uuid
@@ -75,6 +79,8 @@ class LoopbackOpenAI:
         self._tokenizer_lock = threading.Lock()  # separate: batches answer under self.lock
         self.hold_batches = False
         """While True, batches stay in_progress (to kill a client mid-job)."""
+        self.models = True
+        """Serve GET /v1/models (what the API teacher probes first)."""
         self.faults: dict[str, list[str]] = {}
         self.log: list[dict[str, Any]] = []
         """One entry per request: path, the prompt text, the fault played (or None), arrival time."""
@@ -140,6 +146,10 @@ class LoopbackOpenAI:
         try:
             if method == "POST" and path == "/v1/chat/completions":
                 return self.chat_http(req, json.loads(raw))
+            if method == "GET" and path == "/v1/models" and self.models:
+                return self.reply(
+                    req, 200, {"object": "list", "data": [{"id": "loopback", "object": "model"}]}
+                )
             if method == "POST" and path == "/v1/completions":
                 return self.reply(req, 200, self.completion(json.loads(raw)))
             if method == "POST" and path == "/v1/files":
@@ -189,6 +199,9 @@ class LoopbackOpenAI:
             return self.reply(req, 429, error, headers={"Retry-After": "1"})
         if fault == "500":
             return self.reply(req, 500, {"error": {"message": "boom", "type": "server_error"}})
+        if fault == "drop":
+            req.close_connection = True
+            return req.connection.shutdown(socket.SHUT_RDWR)
         if fault == "hang":
             time.sleep(self.hang_s)
         if fault == "truncated":

@@ -17,7 +17,7 @@ from distill.core.config import StudentConfig, TaskConfig
 from distill.student.model import build_student
 from distill.tasks import task_for
 from distill.train import distributed as dist
-from distill.train.run import TrainModule
+from distill.train.recipe import TrainModule
 from distill.train.weighting import METHODS, SharedParameters, build_weighting
 
 ROWS = 4  # global rows per task; each of the 2 ranks takes 2

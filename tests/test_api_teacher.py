@@ -21,6 +21,7 @@ from distill.pipeline import load as load_pipeline
 from distill.teach.run import failed_items
 from distill.teach.run import run as teach
 from distill.teach.teachers.answers import distribution_from_logprobs, match_label
+from distill.teach.teachers.openai.labels import summary_body
 from tests.conftest import KEY, REPO, api_pipeline
 from tests.loopback_openai import EXPECTED, judge
 
@@ -180,6 +181,122 @@ def test_killed_online_teach_never_asks_a_cached_answer_again(tmp_path, tiny_enc
     assert len(server.log) - before == summary["cache"]["teacher_calls"] == total - kept
 
 
+# -- a dead endpoint fails fast (teacher.max_consecutive_failures) -----------------------------
+def cached_answers(path) -> int:
+    import sqlite3
+
+    try:
+        with sqlite3.connect(path, timeout=5) as db:
+            return db.execute("SELECT COUNT(*) FROM answers").fetchone()[0]
+    except sqlite3.OperationalError:  # not created yet
+        return 0
+
+
+def error_lines(stderr: str) -> list[str]:
+    return [line for line in stderr.splitlines() if line.startswith("teach: error:")]
+
+
+def test_nothing_listening_fails_at_once_and_lists_every_item_not_asked(tmp_path, tiny_encoder, monkeypatch):
+    monkeypatch.setenv("DISTILL_TEST_KEY", KEY)
+    url = f"http://127.0.0.1:{_free_port()}/v1"  # a closed port
+    path = api_pipeline(tmp_path, tiny_encoder, url, max_consecutive_failures=3)
+    result = distill_cli("teach", str(path))
+    assert result.returncode == EXIT_TEACHER, result.stderr
+    [line] = error_lines(result.stderr)
+    assert url in line and "does not answer (connection failed:" in line and "refused" in line
+    cfg = load_pipeline(path)
+    manifest = json.loads((cfg.path / "teach" / "manifest.json").read_text())
+    failed = failed_items(cfg)
+    assert len(failed) == sum(c["rows"] for c in manifest["counts"].values()) == 32 + 10 + 12 + 4
+    assert all(f["reason"].startswith(f"not asked: the endpoint at {url} does not answer") for f in failed)
+    usage = manifest["teacher"]["usage"]
+    # one probe, no item sent: without it, 58 items × (1 + 3 retries) requests and their backoff
+    assert usage["probes"] == 1 and usage["requests"] == 0 and usage["retries"] == 0
+
+
+def test_requests_without_an_answer_stop_the_run_after_n_in_a_row(tmp_path, tiny_encoder, server):
+    path = api_pipeline(tmp_path, tiny_encoder, server.url, max_consecutive_failures=3)
+    server.faults = {"": ["always:drop"]}  # every request: the connection closes with no reply
+    summary = teach(load_pipeline(path))
+    assert not summary["complete"] and summary["teacher"]["usage"]["probes"] == 1
+    asked = {e["prompt"] for e in server.log}
+    assert len(server.log) <= 3 + 4 - 1  # N in a row, plus what the other 3 workers had in flight
+    failed = failed_items(load_pipeline(path))
+    assert len(failed) == 58 and all(
+        f"the endpoint at {server.url} stopped answering" in f["reason"] for f in failed
+    )
+    assert sum(f["reason"].startswith("not asked: ") for f in failed) == 58 - len(asked)
+    assert "Server disconnected" in failed[0]["reason"] and "3 requests in a row" in failed[0]["reason"]
+
+    # two drops in a row, an answer, two more: never 3 in a row, so nothing stops
+    server.faults = {"item001": ["drop", "drop"], "item002": ["drop", "drop"]}
+    before = len(server.log)
+    assert teach(load_pipeline(path, ["teach.teacher.concurrency=1"]))["complete"]
+    prompts = [e["prompt"] for e in server.log[before:]]
+    assert sum("item001" in p for p in prompts) == sum("item002" in p for p in prompts) == 3
+
+
+def test_the_probe_asks_one_token_where_models_is_not_served(server, monkeypatch):
+    from distill.core.errors import DistillError
+
+    server.models = False
+    teacher = token_teacher(server.url, summary_top_k=0, tokenizer=None)
+    assert teacher.check_endpoint() is None
+    [hello] = server.log
+    assert hello["prompt"] == "Hi" and (teacher.counts["probes"], teacher.counts["requests"]) == (2, 0)
+    monkeypatch.setenv("DISTILL_TEST_KEY", "not-the-key")
+    with pytest.raises(DistillError, match=r"HTTP 401: check \$DISTILL_TEST_KEY"):
+        token_teacher(server.url, summary_top_k=0, tokenizer=None).check_endpoint()
+
+
+def test_a_server_killed_mid_run_keeps_its_answers_and_lists_the_rest(tmp_path, tiny_encoder, monkeypatch):
+    from tests.loopback_openai import LoopbackOpenAI
+
+    monkeypatch.setenv("DISTILL_TEST_KEY", KEY)
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    port = _free_port()
+    served = subprocess.Popen(
+        [sys.executable, "-m", "tests.loopback_openai", "--port", str(port), "--latency-s", "0.1"],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    url = served.stdout.readline().strip()
+    path = api_pipeline(tmp_path, tiny_encoder, url, max_consecutive_failures=3)
+    cfg = load_pipeline(path)
+    run = subprocess.Popen(
+        [sys.executable, "-m", "distill.cli", "teach", str(path)], env=env, stderr=subprocess.PIPE, text=True
+    )
+    deadline = time.time() + 120
+    while cached_answers(cfg.teach.cache) < 10 and time.time() < deadline:
+        time.sleep(0.02)
+    at_kill = cached_answers(cfg.teach.cache)
+    served.kill()
+    served.wait()
+    _, stderr = run.communicate(timeout=120)
+    assert run.returncode == EXIT_TEACHER, stderr
+    [line] = error_lines(stderr)
+    assert f"the endpoint at {url} stopped answering (connection failed:" in line
+    kept = cached_answers(cfg.teach.cache)
+    assert 10 <= at_kill <= kept < 58
+    failed = failed_items(cfg)
+    assert len(failed) == 58 - kept  # every item is either cached or listed
+    assert all(f"the endpoint at {url} stopped answering" in f["reason"] for f in failed)
+    assert any(f["reason"].startswith("not asked: ") for f in failed)
+    usage = json.loads((cfg.path / "teach" / "manifest.json").read_text())["teacher"]["usage"]
+    assert usage["requests"] - kept <= 3 + 4 - 1  # failed requests: not (58 - kept) × 4
+
+    again = LoopbackOpenAI()  # the server is back, on the same port: only the rest is asked
+    again.start(port)
+    try:
+        summary = teach(cfg)
+    finally:
+        again.stop()
+    assert summary["complete"] and summary["cache"]["hits"] == kept
+    assert len(again.log) == summary["cache"]["teacher_calls"] == summary["cache"]["stored"] == 58 - kept
+
+
 def test_budget_stops_cleanly_and_the_rest_follows_later(tmp_path, tiny_encoder, server):
     path = api_pipeline(tmp_path, tiny_encoder, server.url, concurrency=1)
     result = distill_cli("teach", str(path), "--max-requests", "5")
@@ -330,7 +447,7 @@ def test_summary_top_k_tokens_over_http(tmp_path, server, smol_tokenizer):
 
     server.tokenizer = smol_tokenizer
     teacher = token_teacher(server.url)
-    body = teacher.summary_body(Prompt(head=SUMMARIZE, body="x" * 80))
+    body = summary_body(teacher.cfg, Prompt(head=SUMMARIZE, body="x" * 80))
     assert body["logprobs"] is True and body["top_logprobs"] == 3
     # '☕' is three bytes that its tokens split; 'é' is two
     (answer,) = summaries(teacher, "The café served ☕ coffee that was wonderful and fresh")
@@ -408,7 +525,7 @@ def test_summary_top_k_is_in_the_cache_key_only_when_asked():
         "samples": 10,
         "min_label_mass": 0.05,
     }
-    assert "logprobs" not in off.summary_body(Prompt(head=SUMMARIZE, body="x" * 80))
+    assert "logprobs" not in summary_body(off.cfg, Prompt(head=SUMMARIZE, body="x" * 80))
     on = token_teacher("http://127.0.0.1:9/v1", summary_top_k=5)
     extra = {"summary_top_k": 5, "tokenizer": "smollm2-135m-instruct"}
     assert on.decoding_params() == off.decoding_params() | extra
@@ -527,7 +644,7 @@ def test_rate_limiter_never_exceeds_the_limit():
     """600 requests/min holds at most 5 s' worth (50): 70 requests need at least 2 s more."""
     import asyncio
 
-    from distill.teach.teachers.openai.client import RateLimiter
+    from distill.teach.teachers.openai.pacing import RateLimiter
 
     async def burst() -> float:
         limiter = RateLimiter(requests_per_minute=600, tokens_per_minute=None)

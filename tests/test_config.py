@@ -1,9 +1,14 @@
+import os
+import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 import yaml
 
 from distill.core.errors import ConfigError
+from distill.ops.runs.records import EXIT_CONFIG
 from distill.pipeline import load as load_pipeline
 
 REPO = Path(__file__).resolve().parents[1]
@@ -23,7 +28,7 @@ def test_every_pipeline_loads_and_opens_with_its_command(path, monkeypatch):
 
 def test_every_deepspeed_config_is_accepted(tmp_path):
     from distill.core.config import TrainConfig
-    from distill.train.run import deepspeed_config
+    from distill.train.recipe import deepspeed_config
 
     for path in sorted((REPO / "pipelines" / "deepspeed").glob("*.json")):
         ds = deepspeed_config(TrainConfig(deepspeed=str(path), batch_size=4), world=2)
@@ -100,7 +105,7 @@ def test_overrides_are_typed_and_checked(tmp_path):
 
 def test_fp16_on_cpu_is_refused(tmp_path):
     from distill.core.config import TrainConfig
-    from distill.train.run import deepspeed_config
+    from distill.train.recipe import deepspeed_config
 
     ds = tmp_path / "fp16.json"
     ds.write_text('{"fp16": {"enabled": true}}')
@@ -154,3 +159,114 @@ def test_missing_api_key_is_named(monkeypatch):
     monkeypatch.delenv("NO_SUCH_KEY_VAR", raising=False)
     with pytest.raises(DistillError, match=r"\$NO_SUCH_KEY_VAR is not set"):
         APITeacher(TeacherConfig(backend="openai", model="gpt-4o-mini", api_key_env="NO_SUCH_KEY_VAR"))
+
+
+@pytest.mark.parametrize("path", PIPELINES, ids=lambda p: p.name)
+def test_every_ablate_variant_loads(path, monkeypatch):
+    """A variant's --set overrides are only applied when ablate trains it: check them now."""
+    monkeypatch.chdir(REPO)
+    for name, overrides in load_pipeline(path).ablate.variants.items():
+        try:
+            load_pipeline(path, overrides)
+        except ConfigError as e:
+            raise AssertionError(f"ablate.variants.{name}: {e}") from None
+
+
+@pytest.mark.parametrize("path", PIPELINES, ids=lambda p: p.name)
+@pytest.mark.parametrize("overrides", [[], ["train.weighting.method=dwa", "train.weighting.window=7"]])
+def test_resolved_config_loads_again_as_a_pipeline(path, overrides, tmp_path, monkeypatch):
+    """What a manifest records (to_dict) is itself a pipeline file giving the same config."""
+    monkeypatch.chdir(REPO)
+    resolved = load_pipeline(path, overrides).to_dict()
+    again = load_pipeline(_write(tmp_path, resolved)).to_dict()
+    assert again == resolved
+    if overrides:
+        assert resolved["train"]["weighting"] == {"method": "dwa", "window": 7, "temperature": 2.0}
+
+
+def test_old_weighting_option_spelling_is_one_line_naming_the_new(tmp_path):
+    path = _write(tmp_path, base())
+    with pytest.raises(ConfigError) as e:
+        load_pipeline(path, ["train.weighting.method=dwa", "train.weighting.dwa_window=10"])
+    [line] = str(e.value).splitlines()
+    assert line == f"{path}: train.weighting.dwa_window: moved; use train.weighting.window"
+
+
+def test_option_of_another_weighting_method_is_refused_naming_the_known_keys(tmp_path):
+    path = _write(tmp_path, base())
+    with pytest.raises(ConfigError) as e:
+        load_pipeline(path, ["train.weighting.window=10"])  # method stays static
+    [line] = str(e.value).splitlines()
+    assert line.startswith(f"{path}: train.weighting.window: unknown key (known: method")
+    with pytest.raises(ConfigError, match=r"train\.weighting\.alpha: unknown key \(known: method, .*window"):
+        load_pipeline(path, ["train.weighting.method=dwa", "train.weighting.alpha=1.0"])
+
+
+def distill_config(*args: str) -> subprocess.CompletedProcess:
+    """``distill config`` through the real CLI, in a 120-column terminal."""
+    env = {**os.environ, "PYTHONPATH": str(REPO), "COLUMNS": "120"}
+    return subprocess.run(
+        [sys.executable, "-m", "distill.cli", "config", *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=REPO,
+    )
+
+
+def table_row(stdout: str, key: str) -> list[str]:
+    """A table line's cells (key, type, value, doc), split on the two-space column gaps."""
+    [line] = [line for line in stdout.splitlines() if line.split(" ", 1)[0] == key]
+    return re.split(r"\s{2,}", line, maxsplit=3)
+
+
+def test_config_lists_keys_with_type_value_and_doc():
+    from distill.core.config import TrainConfig
+    from distill.core.config.loader import field_docs
+
+    proc = distill_config("pipelines/demo.yaml")
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    assert max(map(len, lines)) <= 120
+    assert re.split(r"\s{2,}", lines[0]) == ["key", "type", "value", "doc"]
+    key, kind, value, doc = table_row(proc.stdout, "train.kd_temperature")
+    assert (kind, value) == ("float", "2.0")
+    assert doc.startswith("T: the KL term compares") and len(doc) >= 30
+    assert field_docs(TrainConfig)["kd_temperature"].startswith(doc.rstrip("…"))
+    assert table_row(proc.stdout, "teach.splits")[1:3] == ["list[str]", '["train", "test"]']
+    assert table_row(proc.stdout, "train.hard_labels")[1:3] == ["gold|teacher|none", "teacher"]
+    assert not any(line.startswith("train.weighting.window") for line in lines)  # static: no options
+
+
+def test_config_lists_the_chosen_plugins_options_and_overrides():
+    dwa = ["--set", "train.weighting.method=dwa", "--set", "train.lr=0.0003"]
+    proc = distill_config("pipelines/demo.yaml", "train.weighting", *dwa)
+    assert proc.returncode == 0, proc.stderr
+    assert [line.split()[0] for line in proc.stdout.splitlines()[1:]] == [
+        "train.weighting.method",
+        "train.weighting.window",
+        "train.weighting.temperature",
+    ]
+    assert table_row(proc.stdout, "train.weighting.window") == [
+        "train.weighting.window",
+        "int",
+        "20",
+        "Micro-steps per averaging window (the paper's epoch).",
+    ]
+    proc = distill_config("pipelines/demo.yaml", "train", "--set", "train.lr=0.0003")
+    assert table_row(proc.stdout, "train.lr")[1:3] == ["float", "0.0003"]
+    proc = distill_config("pipelines/suite.yaml", "tasks.fine_foods")
+    keys = [line.split()[0] for line in proc.stdout.splitlines()[1:]]
+    assert keys[0] == "tasks.fine_foods.name" and all(k.startswith("tasks.fine_foods.") for k in keys)
+    assert table_row(proc.stdout, "tasks.fine_foods.text_field")[2] == "review"
+
+
+def test_config_unknown_prefix_exits_2_naming_it():
+    proc = distill_config("pipelines/demo.yaml", "train.weighting.windw")
+    assert proc.returncode == EXIT_CONFIG and proc.stdout == ""
+    [line] = proc.stderr.strip().splitlines()
+    known = "(known under train.weighting: method)"
+    assert line == f"error: train.weighting.windw: no such key or section {known}"
+    proc = distill_config("pipelines/demo.yaml", "tasks.nope")
+    assert proc.returncode == EXIT_CONFIG
+    assert "tasks.nope: no such key" in proc.stderr and "tasks: fine_foods, aclsum" in proc.stderr

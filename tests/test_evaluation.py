@@ -1,5 +1,5 @@
 """Eval's metrics against hand-computed and sklearn values, its bootstrap intervals, the
-majority baseline and its warnings, the speed slice, and the stale-student check."""
+majority baseline and its warnings, the gates, the speed slice, and the stale-student check."""
 
 import dataclasses
 import json
@@ -9,22 +9,23 @@ import pytest
 import torch
 
 from distill.core.config import EvalConfig, TaskConfig
+from distill.core.config.eval import Gate
 from distill.core.devices import eval_device
 from distill.core.errors import ConfigError, DistillError
-from distill.eval.report.markdown import markdown
-from distill.eval.run import baseline_warnings, student_provenance, time_slice
-from distill.eval.stats import (
-    bootstrap_indices,
+from distill.eval.gates import check_gates
+from distill.eval.metrics.bootstrap import bootstrap_indices, estimate, mean_estimate, percentile_interval
+from distill.eval.metrics.classification import (
     classification_metrics,
-    estimate,
     expected_calibration_error,
     label_mass_summary,
     macro_f1,
     majority_label,
-    mean_estimate,
-    percentile_interval,
-    rouge_per_row,
 )
+from distill.eval.metrics.summaries import rouge_per_row
+from distill.eval.provenance import student_provenance
+from distill.eval.report.markdown import html, markdown
+from distill.eval.run import baseline_warnings
+from distill.eval.speed import time_slice
 from distill.pipeline import load as load_pipeline
 from tests.conftest import REPO, pipeline_dict, write_pipeline
 
@@ -112,26 +113,101 @@ def train_rows(labels):
 
 
 def test_majority_baseline_on_a_crafted_split():
-    train = train_rows(["great"] * 3 + ["other"] * 5 + [None] * 4)
-    gold = ["great", "other", "other", "great", None]
-    test = rows(gold, [True, True, False, False, True])
-    student = np.array([[0.9, 0.1], [0.1, 0.9], [0.2, 0.8], [0.6, 0.4], [0.5, 0.5]])  # right on all 4
-    m = classification_metrics(TASK, test, student, train, bootstrap_indices(5, 200, seed=0))
+    # Train's majority is "great"; the scored rows' is "other": the baseline is the scored split's.
+    train = train_rows(["great"] * 5 + ["other"] * 3 + [None] * 4)
+    gold = ["great", "other", "other", "great", "other", None]
+    test = rows(gold, [True, True, False, False, False, True])
+    student = np.array([[0.9, 0.1], [0.1, 0.9], [0.2, 0.8], [0.6, 0.4], [0.3, 0.7], [0.5, 0.5]])  # all right
+    m = classification_metrics(TASK, test, student, train, bootstrap_indices(6, 200, seed=0))
     base = m["majority_baseline"]
-    assert base["label"] == "other" and base["train_share"] == 0.625
-    assert base["accuracy"] == 0.5  # "other" on 2 of the 4 gold rows
-    assert base["macro_f1"] == pytest.approx(0.3333, abs=1e-4)  # sklearn: f1_score([0,1,1,0],[1]*4)
-    assert m["teacher"]["accuracy"] == 0.5 and m["teacher"]["at_or_below_majority"] is True
+    assert base["label"] == "other" and base["train_share"] == 0.375  # 3 of train's 8 gold rows
+    assert base["accuracy"] == 0.6  # "other" on 3 of the 5 gold rows
+    assert base["macro_f1"] == pytest.approx(0.375, abs=1e-4)  # sklearn: f1_score([0,1,1,0,1],[1]*5)
+    assert "majority_baseline_note" not in m
+    assert m["teacher"]["accuracy"] == 0.4 and m["teacher"]["at_or_below_majority"] is True
     assert m["student"]["accuracy"] == 1.0 and m["student"]["at_or_below_majority"] is False
     [line] = baseline_warnings({"tasks": {"reviews": m}})
-    assert line.startswith(
-        "reviews: the teacher's accuracy 0.500 is at or below the majority-class baseline 0.500"
+    assert line == (
+        "reviews: the teacher's accuracy 0.400 is at or below the majority-class baseline 0.600 "
+        "(always 'other')"
     )
 
 
 def test_majority_label_ties_go_to_the_first_label():
-    assert majority_label(TASK, train_rows(["other", "great", "great", "other"])) == "great"
-    assert majority_label(TASK, train_rows([None, None])) is None
+    assert majority_label(TASK, np.array([1, 0, 0, 1, -1, -1])) == "great"
+    assert majority_label(TASK, np.array([1, 0, 1, -1])) == "other"
+    assert majority_label(TASK, np.array([-1, -1])) is None
+
+
+def test_majority_baseline_without_gold_in_train():
+    """Production data: the teach train rows carry no gold; the scored rows' gold still gives one."""
+    gold = ["other", "other", "great", "other"]
+    test = rows(gold, [True] * 4)  # a teacher right on every row: above the baseline
+    student = np.array([[0.2, 0.8]] * 4)  # always "other": exactly the baseline
+    m = classification_metrics(TASK, test, student, train_rows([None] * 6), bootstrap_indices(4, 300, 0))
+    base = m["majority_baseline"]
+    assert base["label"] == "other" and base["train_share"] is None
+    assert base["accuracy"] == 0.75
+    lo, hi = base["accuracy_ci95"]
+    assert lo < 0.75 < hi  # resampled, not a constant
+    assert base["accuracy_ci95"] == m["student"]["accuracy_ci95"]  # same predictions, same rows
+    assert m["student"]["at_or_below_majority"] is True
+    [line] = baseline_warnings({"tasks": {"reviews": m}})
+    assert line.startswith("reviews: the student's accuracy 0.750 is at or below the majority-class baseline")
+
+
+def test_no_gold_on_the_scored_split_says_there_is_no_baseline():
+    test = rows([None] * 4, [True] * 4)
+    student = np.array([[0.9, 0.1]] * 4)
+    m = classification_metrics(TASK, test, student, train_rows(["great"] * 3), bootstrap_indices(4, 200, 0))
+    assert m["majority_baseline"] is None
+    assert "no majority-class baseline" in m["majority_baseline_note"]
+    assert baseline_warnings({"tasks": {"reviews": m}}) == []
+    report = report_with({"reviews": m})
+    assert f"reviews: {m['majority_baseline_note']}." in markdown(report)
+    assert f"<p>reviews: {m['majority_baseline_note']}.</p>" in html(report)
+    json.dumps(report, allow_nan=True)  # what report.json holds: the note, as text
+
+
+def test_gates_take_a_max_and_a_min():
+    report = report_with({"reviews": {"student": {"accuracy": 0.7, "ece": 0.15}}})
+    gates = EvalConfig(
+        gates={
+            "reviews.student.accuracy": 0.6,  # old style: a bare minimum, on a higher-is-better figure
+            "reviews.student.ece": {"max": 0.1},
+        }
+    ).gates
+    assert gates == {"reviews.student.accuracy": Gate(min=0.6), "reviews.student.ece": Gate(max=0.1)}
+    got = check_gates(report, gates)
+    assert got["reviews.student.accuracy"] == {"value": 0.7, "min": 0.6, "max": None, "passed": True}
+    assert got["reviews.student.ece"] == {"value": 0.15, "min": None, "max": 0.1, "passed": False}
+    report["tasks"]["reviews"]["student"]["ece"] = 0.05  # below the max: passes
+    assert check_gates(report, gates)["reviews.student.ece"]["passed"] is True
+    both = {"reviews.student.accuracy": Gate(min=0.6, max=0.65)}  # 0.7 is above the max
+    assert check_gates(report, both)["reviews.student.accuracy"]["passed"] is False
+    report["tasks"]["reviews"]["student"]["accuracy"] = float("nan")  # not measured: fails
+    assert check_gates(report, gates)["reviews.student.accuracy"]["passed"] is False
+    shown = report_with({})  # the report's gates table: both bounds, blank where unset
+    shown["gates"] = check_gates(report, gates)
+    assert "| gate | value | min | max | passed |" in markdown(shown)
+    assert "| reviews.student.ece | 0.050 |  | 0.1 | True |" in markdown(shown)
+    assert "<td>reviews.student.ece</td><td>0.050</td><td></td><td>0.1</td><td>True</td>" in html(shown)
+
+
+def test_a_bare_number_on_a_lower_is_better_figure_is_a_config_error(tmp_path):
+    data = pipeline_dict(tmp_path, "encoder", "teacher")
+    data["eval"]["gates"] = {"reviews.student.accuracy": 0.6, "reviews.student.ece": 0.1}
+    with pytest.raises(ConfigError) as err:
+        load_pipeline(write_pipeline(tmp_path, data))
+    assert "eval.gates.reviews.student.ece" in str(err.value) and "{max: 0.1}" in str(err.value)
+    for key in ("reviews.kl_teacher_student", "papers.degeneration.student.repeated_3gram_rate"):
+        with pytest.raises(ConfigError, match=f"eval.gates.{key}: .*write"):
+            EvalConfig(gates={key: 0.2})
+    data["eval"]["gates"] = {"reviews.student.accuracy": 0.6, "reviews.student.ece": {"max": 0.1}}
+    cfg = load_pipeline(write_pipeline(tmp_path, data))
+    assert cfg.eval.gates["reviews.student.accuracy"] == Gate(min=0.6)
+    with pytest.raises(ConfigError, match="eval.gates.reviews.rows: set min, max or both"):
+        EvalConfig(gates={"reviews.rows": {}})
 
 
 def test_student_and_teacher_intervals_are_paired():
@@ -307,15 +383,14 @@ def test_student_without_provenance_is_a_warning(trained_folder, capsys):
     assert "records no training provenance" in capsys.readouterr().err
 
 
-def test_markdown_shows_intervals_and_bold_warnings():
-    report = {
+def report_with(tasks):
+    """A report.json around ``tasks``, with no speed figures or gates."""
+    return {
         "split": "test",
-        "warnings": [
-            "reviews: the teacher's accuracy 0.500 is at or below the majority-class baseline 0.500"
-        ],
+        "warnings": [],
         "student_training": {"hard_labels": "teacher", "stale": False},
         "bootstrap": {"resamples": 1000, "seed": 0, "interval": "95% percentile"},
-        "tasks": {},
+        "tasks": tasks,
         "models": {
             "student": {"parameters": 1e6, "speed": {}},
             "teacher": {"speed": {}},
@@ -323,6 +398,13 @@ def test_markdown_shows_intervals_and_bold_warnings():
         },
         "gates": {},
     }
+
+
+def test_markdown_shows_intervals_and_bold_warnings():
+    report = report_with({})
+    report["warnings"] = [
+        "reviews: the teacher's accuracy 0.500 is at or below the majority-class baseline 0.500"
+    ]
     gold = ["great", "other"] * 10
     test = rows(gold, [True] * 20)
     report["tasks"]["reviews"] = classification_metrics(

@@ -12,22 +12,22 @@ import pytest
 import torch
 
 from distill.core.errors import DistillError
-from distill.ship.export.run import (
-    EXPORT_FILE,
-    export,
-    exported_probs,
-    pipeline_messages,
-    prompt_parts,
-    teach_rows,
-)
+from distill.ship.export.causal import pipeline_messages
+from distill.ship.export.classifier import exported_probs
+from distill.ship.export.run import EXPORT_FILE, export, teach_rows
 from distill.student.model import load_student
+from distill.student.summarizers.teacher_layers.decoder import prompt_parts
 from distill.tasks import task_from_student
 from tests.conftest import review
 
 
-def _summaries(student, tokenizer, task: str, rows, max_new: int) -> list[str]:
+def _summaries(student, tokenizer, task: str, rows, max_new: int, decoding: dict | None = None) -> list[str]:
+    """The student's summaries (greedy, or with the generate options of a stored ``decoding``)."""
+    from distill.core.config import DecodingConfig
+
+    options = DecodingConfig(**{k: v for k, v in (decoding or {}).items() if k != "max_new_tokens"})
     return task_from_student(task, student.spec.tasks[task]).student_summaries(
-        student, tokenizer, rows, 8, max_new
+        student, tokenizer, rows, 8, max_new, options
     )[0]
 
 
@@ -55,6 +55,11 @@ def test_classifier_through_pipeline_gives_the_students_probabilities(trained_ru
     np.testing.assert_allclose(theirs, ours, atol=1e-5)
     config = json.loads((folder / "config.json").read_text())
     assert config["id2label"] == {"0": "great", "1": "other"} and config["label2id"]["other"] == 1
+    # The modeling code is the packaged, linted module itself, copied byte for byte.
+    from distill.ship.export import modeling_distill
+
+    assert (folder / "modeling_distill.py").read_bytes() == Path(modeling_distill.__file__).read_bytes()
+    assert config["distill_encoder_type"] == "bert"
     # A stock BERT classifier (CLS pooler) would give other numbers: the custom code is needed,
     # and a load without trust_remote_code fails instead of silently building that stock model.
     from transformers import AutoModelForSequenceClassification
@@ -74,15 +79,18 @@ def test_bert2bert_through_generate_gives_the_students_summaries(trained_run, tm
     folder = tmp_path / "out" / "papers"
     tok = AutoTokenizer.from_pretrained(folder)
     model = AutoModelForSeq2SeqLM.from_pretrained(folder).eval()
-    assert model.config.prefix == "papers: " and model.generation_config.max_new_tokens == 12
+    student, tokenizer = load_student(trained_run / "train" / "student")
+    # It decodes as eval scored (eval.max_new_tokens 8), not up to max_summary_length (12).
+    assert student.spec.decoding["papers"] == {"max_new_tokens": 8, "num_beams": 1}
+    assert entry["decoding"]["max_new_tokens"] == 8 and entry["decoding"]["source"].startswith("student.json")
+    assert model.config.prefix == "papers: " and model.generation_config.max_new_tokens == 8
     theirs = []
     for r in rows:  # one at a time, as a user would
         ids = model.generate(
             **tok([model.config.prefix + r["document"]], truncation=True, return_tensors="pt")
         )
         theirs.append(tok.decode(ids[0], skip_special_tokens=True).strip())
-    student, tokenizer = load_student(trained_run / "train" / "student")
-    assert theirs == _summaries(student, tokenizer, "papers", rows, 12)
+    assert theirs == _summaries(student, tokenizer, "papers", rows, 8)
     assert any(theirs)
     # Another task of the same student into the same folder: export.json lists both.
     again = export(trained_run, tmp_path / "out", tasks=["reviews"])
@@ -233,6 +241,52 @@ def test_teacher_layers_with_zero_bridge_is_exact_through_the_text_generation_pi
     # reads the student's very prompt (export.json says how many rows did: all here).
     assert entry["check"]["pipeline_prompt_matches"] == len(rows)
     assert theirs == ours and any(ours)
+
+
+def test_the_scored_beam_search_is_what_ships_and_an_older_student_decodes_greedily(
+    layers_students, tmp_path
+):
+    import dataclasses
+
+    from transformers import GenerationConfig
+
+    from distill.student.model import save_student
+
+    rows = _rows(6, seed=5)
+    older = export(layers_students["full_zero"], tmp_path / "older", measure_rows={"papers": rows})
+    assert older["tasks"]["papers"]["decoding"] == {
+        "max_new_tokens": 10,  # max_summary_length: this student records no scored decoding
+        "num_beams": 1,
+        "source": "greedy up to max_summary_length: the student records no scored decoding",
+    }
+    student, tokenizer = load_student(layers_students["full_zero"])
+    exports = {}
+    for ngram in (0, 2):
+        scored = {"max_new_tokens": 7, "num_beams": 3, "no_repeat_ngram_size": ngram, "length_penalty": 0.5}
+        spec = dataclasses.replace(student.spec, decoding={"papers": scored})
+        folder = tmp_path / f"scored_{ngram}"
+        save_student(student.state_dict(), spec, tokenizer, folder, student.codec)
+        exports[ngram] = export(folder, tmp_path / f"out_{ngram}", measure_rows={"papers": rows})
+        generation = GenerationConfig.from_pretrained(tmp_path / f"out_{ngram}" / "papers")
+        assert (generation.max_new_tokens, generation.num_beams) == (7, 3)
+        assert (generation.no_repeat_ngram_size, generation.length_penalty) == (ngram, 0.5)
+    entry = exports[0]["tasks"]["papers"]
+    assert entry["decoding"] == {
+        "max_new_tokens": 7,
+        "num_beams": 3,
+        "length_penalty": 0.5,
+        "source": "student.json decoding: as eval scored the student",
+    }
+    # The exported model's beam search writes the student's beam-search summaries, not its greedy ones.
+    assert entry["exact"] and entry["check"]["identical"] == len(rows)
+    beams = {"num_beams": 3, "length_penalty": 0.5}
+    assert _summaries(student, tokenizer, "papers", rows, 7) != _summaries(
+        student, tokenizer, "papers", rows, 7, beams
+    )
+    # An n-gram ban sees the prompt in a plain causal LM but not in the student: said so.
+    banned = exports[2]["tasks"]["papers"]
+    assert banned["decoding"]["no_repeat_ngram_size"] == 2 and not banned["exact"]
+    assert banned["not_exact_because"][0].startswith("no_repeat_ngram_size 2:")
 
 
 def test_teacher_layers_with_a_trained_bridge_is_marked_inexact_and_measured(layers_students, tmp_path):

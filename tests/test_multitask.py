@@ -3,7 +3,6 @@ inside the real DeepSpeed engine (2 processes, ZeRO 0-2), and `distill ablate` e
 
 import json
 import os
-import re
 import subprocess
 import sys
 
@@ -55,20 +54,6 @@ def test_sentence_pair_tokenization_marks_the_second_text(bert_tokenizer):
     assert types == [0] * (first_sep + 1) + [1] * (len(ids) - first_sep - 1)
     assert bert_tokenizer.decode(ids[first_sep + 1 : -1]) == "at first god made"
     assert "Text B: at first god made" in task.prompt(rows[0], []).user
-
-
-def test_adding_a_kind_is_one_file():
-    """No stage switches on a kind's name: each name appears only in its own file and the registry."""
-    distill_dir = REPO / "distill"
-    for kind, own in (("sentence_pair", "sentence_pair.py"), ("summarization", "summarization.py")):
-        hits = {
-            str(p.relative_to(distill_dir))
-            for p in distill_dir.rglob("*.py")
-            if re.search(rf"[\"']{kind}[\"']", p.read_text())
-        }
-        assert hits <= {f"tasks/{own}", "config.py"}, hits  # config: only the Literal of sharing docs
-    source = "\n".join(p.read_text() for p in distill_dir.rglob("*.py"))
-    assert not re.search(r"\.kind\s*==", source)
 
 
 def test_gradient_methods_refuse_zero3(tmp_path, tiny_encoder, tiny_teacher):
@@ -125,7 +110,7 @@ def test_every_weighting_method_in_two_processes_at_zero_0_1_2(tmp_path, tiny_en
 
     vocab = student.encoder.config.vocab_size
     batches = {t.name: mtl_worker.global_batch(i, vocab) for i, t in enumerate(mtl_worker.tasks())}
-    from distill.train.run import TrainModule
+    from distill.train.recipe import TrainModule
 
     model = TrainModule(student, weighting)
     weighting.bind(mtl_worker.shared_params(student))
@@ -197,16 +182,7 @@ def test_ablate_end_to_end(tmp_path, tiny_encoder, tiny_teacher):
     assert set(mtl["tasks"]) == {"reviews", "papers"} and set(single["tasks"]) == {"reviews"}
     # One multi-task student is smaller than two single-task ones (shared encoder).
     assert mtl["parameters"] < table["single_task_parameters"]
-    # The verdict follows from its own interval.
-    for v in table["verdicts"].values():
-        lo, hi = v["ci95"]
-        assert v["verdict"] == (
-            "multi-task better beyond the noise"
-            if lo > 0
-            else "multi-task worse beyond the noise"
-            if hi < 0
-            else "no difference beyond the noise"
-        )
+    assert set(table["verdicts"]) == {"reviews", "papers"}  # what each verdict says: the test below
     # Mean over seeds recomputed from the stored per-row scores.
     rows = [json.loads((tmp_path / f"run/ablation/mtl/seed{s}/scores.json").read_text()) for s in (0, 1)]
     accs = [sum(r["scores"]["reviews"]["accuracy"]) / len(r["scores"]["reviews"]["accuracy"]) for r in rows]
@@ -280,3 +256,76 @@ def test_two_level_bootstrap_replicates_by_hand():
     rows = np.array([[0, 1, 2], [0, 0, 0], [1, 1, 2]])
     # seeds (0,0): rows 0,1 → (1 + 0)/2; seeds (1,1): 0; seeds (0,1): row 1 twice → 0.
     assert replicate_means(per_seed, seed_draws, rows).tolist() == [0.5, 0.0, 0.0]
+
+
+def _scored(right, gold):
+    """One seed's per-row classification scores, as ``row_scores`` stores them: right (n,) bool,
+    gold (n,) label indices (−1: no gold)."""
+    import numpy as np
+
+    prediction = np.where(right, gold, 1 - np.abs(gold))
+    accuracy = np.where(gold >= 0, right.astype(float), np.nan)
+    return {"accuracy": accuracy.tolist(), "prediction": prediction.tolist(), "gold": gold.tolist()}
+
+
+def test_ablation_verdicts_from_constructed_scores(tmp_path):
+    """Per-seed, per-row scores built so that the MTL − single-task interval is known to lie
+    above 0, to straddle it, or to lie below it; the verdicts and the table say so."""
+    import numpy as np
+
+    from distill.core.config import TaskConfig
+    from distill.ops.ablate import markdown, tabulate, verdicts
+
+    n, seeds = 100, [0, 1, 2]
+    gold = np.array([0, 1] * (n // 2))
+    rows = np.arange(n)
+    every = np.ones(n, dtype=bool)
+    # Single-task right from row 40, 50, 30 on per seed: 0.6 on average; MTL always right, so the
+    # per-row difference is >= 0 on every row of every seed draw, and 1 on rows 0-29.
+    partly = [rows >= start for start in (40, 50, 30)]
+    even = rows % 2 == 0  # right on the even rows; the other system on the odd ones: ±1, symmetric
+    systems = {  # task → (MTL's right rows per seed, single-task's)
+        "gains": ([every] * 3, partly),
+        "ties": ([even] * 3, [~even] * 3),
+        "losses": (partly, [every] * 3),
+    }
+    names = {"great": "great", "other": "other"}
+    tasks = {t: task_for(TaskConfig(name=t, kind="classification", data={}, labels=names)) for t in systems}
+    results = {"mtl": {}, **{f"single/{t}": {} for t in systems}}
+    for k, seed in enumerate(seeds):
+        record = {"train_s": 1.0, "parameters": 1000}
+        results["mtl"][seed] = {**record, "scores": {t: _scored(m[k], gold) for t, (m, _) in systems.items()}}
+        for t, (_, single) in systems.items():
+            results[f"single/{t}"][seed] = {**record, "scores": {t: _scored(single[k], gold)}}
+    data = pipeline_dict(tmp_path, "encoder", "teacher", steps=4)
+    data["ablate"] = {"seeds": seeds}
+    cfg = load_pipeline(write_pipeline(tmp_path, data))
+    labels = ["great", "other"]
+    test = {t: [{"label": labels[g], "teacher_label": "great"} for g in gold] for t in systems}
+    table = tabulate(cfg, tasks, test, results)
+    got = table["verdicts"]
+
+    assert got["gains"]["verdict"] == "multi-task better beyond the noise"
+    assert got["gains"]["mtl_minus_single"] == pytest.approx(0.4)
+    assert 0 < got["gains"]["ci95"][0] < 0.4 < got["gains"]["ci95"][1] <= 0.7
+    assert got["losses"]["verdict"] == "multi-task worse beyond the noise"
+    assert got["losses"]["mtl_minus_single"] == pytest.approx(-0.4)
+    assert -0.7 <= got["losses"]["ci95"][0] < -0.4 < got["losses"]["ci95"][1] < 0
+    # ±1 per row, seeds alike: the paired difference's standard error is 1/sqrt(100).
+    assert got["ties"]["verdict"] == "no difference beyond the noise"
+    assert got["ties"]["mtl_minus_single"] == 0.0
+    lo, hi = got["ties"]["ci95"]
+    assert lo == pytest.approx(-1.96 * 0.1, abs=0.03) and hi == pytest.approx(1.96 * 0.1, abs=0.03)
+    text = markdown(table)
+    for t, verdict in (("gains", "better"), ("ties", "no difference"), ("losses", "worse")):
+        v = got[t]
+        interval = f"[{v['ci95'][0]:.3f}, {v['ci95'][1]:.3f}]"
+        assert f"| {t} (accuracy) | {v['mtl_minus_single']:+.3f} | {interval} | " in text
+        assert f"{interval} | {v['verdict']} |" in text and verdict in v["verdict"]
+
+    # No gold on the scored rows: nothing to compare.
+    unlabeled = {s: {"scores": {"gains": _scored(every, np.full(n, -1))}} for s in seeds}
+    both = {"mtl": unlabeled, "single/gains": unlabeled}
+    with pytest.warns(RuntimeWarning, match="Mean of empty slice"):  # its point estimate: NaN
+        none = verdicts({"gains": tasks["gains"]}, both, {"gains": np.tile(rows, (200, 1))}, 0)
+    assert none["gains"]["ci95"] is None and none["gains"]["verdict"] == "no rows to compare"

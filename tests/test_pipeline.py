@@ -17,7 +17,8 @@ from distill.ops.runs.records import EXIT_CONFIG, EXIT_GATES
 from distill.pipeline import load as load_pipeline
 from distill.student.model import load_student
 from distill.train.checkpoint import truncate_log
-from distill.train.run import EXIT_AFTER_STEP_ENV, deepspeed_config
+from distill.train.recipe import deepspeed_config
+from distill.train.run import EXIT_AFTER_STEP_ENV
 from tests.conftest import REPO, pipeline_dict, write_pipeline
 
 
@@ -79,6 +80,20 @@ def test_teach_train_eval_end_to_end(pipeline):
     for key in ("student_vs_reference", "teacher_vs_reference", "student_vs_teacher"):
         assert set(papers[key]) == {f"rouge{t}{s}" for t in ("1", "2", "L", "Lsum") for s in ("", "_ci95")}
         assert_intervals(papers[key], contain={"rouge1", "rouge2", "rougeL", "rougeLsum"})
+    # ROUGE-L recomputed by an independent scorer from the summaries the report shows (every
+    # test row: there are 4, the report keeps 5) and the references of the teach rows.
+    from rouge_score.rouge_scorer import RougeScorer
+
+    references = [r["reference"] for r in read_rows(run_dir / "teach" / "papers" / "test.jsonl")]
+    examples = papers["examples"]
+    assert len(examples) == len(references) == papers["rows"] == 4
+    assert [e["reference"] for e in examples] == references
+    scorer = RougeScorer(["rougeL"], use_stemmer=True)
+    own = [scorer.score(ref, e["student"])["rougeL"].fmeasure for ref, e in zip(references, examples)]
+    written = json.loads((run_dir / "eval" / "rows.json").read_text())["papers"]["scores"]["rougeL"]
+    assert written == pytest.approx(own, abs=1e-6)
+    # report.json rounds means to 4 digits (CI_DIGITS)
+    assert papers["student_vs_reference"]["rougeL"] == pytest.approx(float(np.mean(own)), abs=5e-5 + 1e-6)
     cell = f"{reviews['student']['accuracy']:.3f} [{reviews['student']['accuracy_ci95'][0]:.3f}, "
     assert f"| reviews | student | {cell}" in proc.stdout
 
@@ -298,9 +313,26 @@ def test_zero_stages_train_and_export(tmp_path, tiny_encoder, tiny_teacher, zero
     distill("train", pipeline)
     manifest = json.loads((tmp_path / "run" / "train" / "manifest.json").read_text())
     assert manifest["zero_stage"] == int(zero[4])
-    assert all(
-        t.dtype.is_floating_point and t.dtype == t.float().dtype for t in weights(tmp_path / "run").values()
+    # The exported student is DeepSpeed's own consolidation of the partitioned fp32 masters,
+    # tensor by tensor, at the selected step.
+    from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+
+    run = tmp_path / "run"
+    selected = json.loads((run / "train" / "student" / "student.json").read_text())["training"]["selected"]
+    assert selected["by"] == "last step"
+    masters = get_fp32_state_dict_from_zero_checkpoint(
+        str(run / "train" / "checkpoints"), tag=f"step-{selected['step']:07d}"
     )
+    masters = {k.removeprefix("student."): v for k, v in masters.items() if k.startswith("student.")}
+    exported = weights(run)
+    assert set(exported) <= set(masters) and len(exported) > 0.9 * len(masters)
+    for name, tensor in exported.items():
+        assert tensor.dtype == torch.float32 and torch.equal(tensor, masters[name].float()), name
+    for name in set(masters) - set(exported):  # tied weights: saved once, under the name they alias
+        assert any(torch.equal(masters[name], t) for t in exported.values()), name
+    if zero.endswith("bf16"):  # the fp32 masters, not the engine's bf16 module copy
+        not_bf16 = sum(int((t != t.bfloat16().float()).sum()) for t in exported.values())
+        assert not_bf16 > 0.5 * sum(t.numel() for t in exported.values())
 
 
 def test_two_processes(tmp_path, tiny_encoder, tiny_teacher):

@@ -15,15 +15,15 @@ import pytest
 from PIL import Image
 
 from distill.core.config import TaskConfig
-from distill.eval.report.markdown import html, markdown
-from distill.eval.stats import (
-    bootstrap_indices,
+from distill.eval.metrics.bootstrap import bootstrap_indices
+from distill.eval.metrics.classification import (
     classification_metrics,
     confidence_bins,
     confusion_matrix,
     expected_calibration_error,
     reliability_table,
 )
+from distill.eval.report.markdown import html, markdown
 
 # --- reliability bins and confusion matrices ----------------------------------------------------
 
@@ -316,7 +316,10 @@ def hand_made_report() -> dict:
             "teacher": {"parameters": 5e8, "speed": {"reviews": speed(2.5, 8), "papers": speed(0.5, 8)}},
             "compression": 250.0,
         },
-        "gates": {"reviews.student.accuracy": {"value": 0.5, "min": 0.6, "passed": False}},
+        "gates": {
+            "reviews.student.accuracy": {"value": 0.5, "min": 0.6, "passed": False},  # older: no max
+            "reviews.student.ece": {"value": 0.3, "min": None, "max": 0.1, "passed": False},
+        },
     }
 
 
@@ -349,7 +352,8 @@ def test_html_from_a_hand_made_report():
     assert (
         "Warning: reviews: the student&#x27;s accuracy 0.500 is at or below &lt;majority&gt; 0.750." in text
     )
-    assert numbers(page.row("reviews.student.accuracy")[1]) == [0.5]
+    assert page.row("reviews.student.accuracy") == ["reviews.student.accuracy", "0.500", "0.6", "", "False"]
+    assert page.row("reviews.student.ece") == ["reviews.student.ece", "0.300", "", "0.1", "False"]
     assert page.row("reviews", "majority (great)")[2] == "0.750 [0.500, 1.000]"
     assert "reviews: student − teacher accuracy -0.250 [-0.500, 0.000] (paired)." in text
     # markdown() still renders the same report (its tables are the same Table objects).

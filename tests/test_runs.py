@@ -12,21 +12,13 @@ import numpy as np
 import pytest
 import torch
 
-from distill.cli import train_command
 from distill.core.data import sample_rows
 from distill.core.errors import DistillError
-from distill.ops.runs.records import (
-    EXIT_GATES,
-    EXIT_LOCKED,
-    LATEST,
-    PROMOTED,
-    Lock,
-    RunLocked,
-    compare_rows,
-    decide,
-    history,
-    holder_record,
-)
+from distill.ops.runs.history import history
+from distill.ops.runs.launch import train_command
+from distill.ops.runs.lock import Lock, RunLocked, holder_record
+from distill.ops.runs.promotion import Comparisons, best_promoted, compare, compare_rows, decide
+from distill.ops.runs.records import EXIT_GATES, EXIT_LOCKED, LATEST, PROMOTED
 from tests.conftest import REPO, pipeline_dict, review, write_jsonl, write_pipeline
 from tests.test_pipeline import distill
 
@@ -61,7 +53,7 @@ def test_two_scheduled_runs_with_data_appended_between(tmp_path, tiny_encoder, t
     new_papers = [{"document": " ".join(review(rng, True) for _ in range(4)) + " new", "summary": "x y"}]
     append_rows(data["tasks"][0]["data"]["train"], new_reviews)
     append_rows(data["tasks"][1]["data"]["train"], new_papers)
-    proc = distill("run", path)
+    proc = distill("run", path, "--set", "eval.promote_margin=1.0")  # nothing is a whole point worse
     records = history(root)
     assert len(records) == 2 and records[1]["status"] == "complete"
     run2 = records[1]["id"]
@@ -80,28 +72,58 @@ def test_two_scheduled_runs_with_data_appended_between(tmp_path, tiny_encoder, t
     new_rows = json.loads((root / run2 / "eval" / "rows.json").read_text())["reviews"]
     assert comparison["rows"] == len(new_rows["ids"])
     assert comparison["new"] == pytest.approx(np.mean(new_rows["scores"]["accuracy"]), abs=1e-4)
-    expected = decide(True, decision["comparison"], 0.0)
-    assert decision["promote"] == expected["promote"]
-    assert os.readlink(root / LATEST) == run2
-    assert os.readlink(root / PROMOTED) == (run2 if decision["promote"] else run1)
-    assert ("promoted" if decision["promote"] else "not promoted") in proc.stderr
+    assert decision["promote"] and decision["not_compared"] == {}
+    assert os.readlink(root / LATEST) == run2 and os.readlink(root / PROMOTED) == run2
+    assert f"run {run2}: promoted (not worse than the promoted student" in proc.stderr
+    # run 1 is the only promoted run: the best one ever, so its comparison is the drift's
+    assert {t: c["run"] for t, c in decision["best_ever"].items()} == {"reviews": run1, "papers": run1}
+    drift = {t: round(-c["diff"], 4) for t, c in decision["comparison"].items()}
+    assert records[1]["drift"] == decision["drift"] == drift
+    assert f"drift (best promoted − new): reviews {drift['reviews']:+.4f}" in proc.stderr
+    best_ever_is_another_run(path, root, run1, run2)
 
     gated = distill("run", path, "--set", "eval.gates={reviews.student.accuracy: 1.01}", check=False)
     assert gated.returncode == EXIT_GATES, gated.stderr[-2000:]
     records = history(root)
     assert records[2]["status"] == "gates_failed" and not records[2]["promotion"]["promote"]
+    assert records[2]["promotion"]["reason"] == "gates failed" and records[2]["drift"] == {}
     assert records[2]["exit_code"] == EXIT_GATES and records[2]["gates"]["failed"] == [
         "reviews.student.accuracy"
     ]
-    assert os.readlink(root / PROMOTED) in (run1, run2)  # unchanged by a failed run
+    assert os.readlink(root / PROMOTED) == run2  # unchanged by a failed run
     table = distill("runs", path).stdout
     assert table.count("\n| 2") == 3 and "gates_failed" in table and "(current)" in table
+    assert f"reviews {drift['reviews']:+.3f}" in table
+
+
+def best_ever_is_another_run(path: Path, root: Path, run1: str, run2: str) -> None:
+    """With run 1 recorded as the best promoted run (its history headline raised), a run
+    promoted after it is compared with run 1's student too, rescored on the new run's rows:
+    the same rows run 1 was evaluated on (only train rows were appended), so its scores are
+    run 1's own eval scores."""
+    from distill.pipeline import load as load_pipeline
+
+    original = (root / "history.jsonl").read_text()
+    lines = [json.loads(x) for x in original.splitlines()]
+    lines[0]["headline"] = {task: 1.0 for task in lines[0]["headline"]}
+    (root / "history.jsonl").write_text("".join(json.dumps(r) + "\n" for r in lines))
+    cfg = load_pipeline(path, [f"run_dir={root / run2}"])
+    new_rows = json.loads((root / run2 / "eval" / "rows.json").read_text())
+    found = compare(cfg, root, run2, new_rows)
+    assert set(found.promoted) == {"reviews", "papers"} and found.not_compared == {}
+    assert {c["run"] for c in found.promoted.values()} == {run2}
+    assert all(c["diff"] == 0.0 for c in found.promoted.values())  # run 2 against itself
+    run1_rows = json.loads((root / run1 / "eval" / "rows.json").read_text())
+    for task, c in found.best_ever.items():
+        assert c["run"] == run1
+        assert c == {**compare_rows(new_rows[task], run1_rows[task], 1000, 0), "run": run1}
+    (root / "history.jsonl").write_text(original)  # the later runs append to the real history
 
 
 HOLD = """
 import sys, time
 from pathlib import Path
-from distill.ops.runs.records import Lock, holder_record
+from distill.ops.runs.lock import Lock, holder_record
 lock = Lock.acquire(Path(sys.argv[1]), holder_record("holder-run"))  # held while it lives
 print("held", flush=True)
 time.sleep(600)
@@ -155,19 +177,115 @@ def test_compare_rows_is_a_paired_difference():
         compare_rows(new, rows_record([1.0] * 4), 1000, 0)
 
 
+def rows_of(**tasks: list[float | None]) -> dict:
+    """A student's eval rows.json: task → per-row headline scores."""
+    return {task: rows_record(scores) for task, scores in tasks.items()}
+
+
+def compared(new: dict, promoted: dict, best: tuple[str, dict] | None = None) -> Comparisons:
+    """The comparisons promotion makes: with the promoted student (run "p"), and with the best
+    promoted student ever when that is another run (``best``: its id and rows)."""
+    found = Comparisons()
+    found.add(found.promoted, new, promoted, "p", 1000, 0)
+    if best is not None:
+        found.add(found.best_ever, new, best[1], best[0], 1000, 0)
+    for task, c in found.promoted.items():
+        found.best_ever.setdefault(task, c)
+    return found
+
+
 def test_promotion_rule():
-    same = rows_record([1.0, 0.0] * 20)
-    equal = {"t": compare_rows(same, same, 500, 0)}
-    assert decide(True, equal, 0.0)["promote"]  # not worse: promoted
+    same = rows_of(t=[1.0, 0.0] * 20)
+    equal = compared(same, same)
     assert not decide(False, equal, 0.0)["promote"]  # gates first
     assert decide(True, None, 0.0) == {"promote": True, "reason": "no promoted student yet"}
-    worse = {"t": compare_rows(rows_record([0.0] * 40), rows_record([1.0] * 40), 500, 0)}
-    verdict = decide(True, worse, 0.0)
-    assert not verdict["promote"] and "t (accuracy 0.0000 vs 1.0000" in verdict["reason"]
+    worse = compared(rows_of(t=[0.0] * 40), rows_of(t=[1.0] * 40))
     assert decide(True, worse, 1.0)["promote"]  # within a margin of a whole point
+
+
+def test_a_student_better_or_level_within_the_noise_is_promoted():
+    better = compared(rows_of(t=[1.0] * 36 + [0.0] * 4), rows_of(t=[1.0] * 30 + [0.0] * 10))
+    assert better.promoted["t"]["diff"] == pytest.approx(0.15) and better.promoted["t"]["diff_ci95"][0] > 0
+    verdict = decide(True, better, 0.0)
+    assert verdict == {
+        "promote": True,
+        "reason": "not worse than the promoted student, nor the best promoted, beyond the noise on any task",
+    }
     # one row worse out of 40: the interval reaches 0, so that is noise
-    noisy = {"t": compare_rows(rows_record([1.0] * 39 + [0.0]), rows_record([1.0] * 40), 500, 0)}
-    assert noisy["t"]["diff_ci95"][1] == 0.0 and decide(True, noisy, 0.0)["promote"]
+    noisy = compared(rows_of(t=[1.0] * 39 + [0.0]), rows_of(t=[1.0] * 40))
+    assert noisy.promoted["t"]["diff_ci95"][1] == 0.0 and decide(True, noisy, 0.0)["promote"]
+    assert noisy.drift() == {"t": 0.025}  # best promoted − new
+
+
+def test_a_student_worse_beyond_the_noise_is_not_promoted():
+    # wrong on 8 rows the promoted student gets right, right on none it gets wrong
+    worse = compared(
+        rows_of(t=[1.0] * 22 + [0.0] * 18, u=[0.5] * 10), rows_of(t=[1.0] * 30 + [0.0] * 10, u=[0.5] * 10)
+    )
+    assert worse.promoted["t"]["diff_ci95"][1] < 0
+    verdict = decide(True, worse, 0.0)
+    assert not verdict["promote"]
+    assert verdict["reason"].startswith(
+        "worse than the promoted student beyond the noise: t (accuracy 0.5500 vs 0.7500"
+    )
+    assert "u (" not in verdict["reason"]  # the task that did not move is not named
+
+
+def test_a_task_the_promoted_student_lacks_refuses_unless_allowed():
+    new = rows_of(t=[1.0, 0.0] * 20, extra=[1.0] * 40)
+    found = compared(new, rows_of(t=[1.0, 0.0] * 20))  # the promoted student has no task "extra"
+    assert set(found.promoted) == {"t"} and found.not_compared == {
+        "extra": "the student of run p has no task extra"
+    }
+    refused = decide(True, found, 0.0)
+    assert not refused["promote"]
+    assert refused["reason"] == (
+        "could not compare extra (the student of run p has no task extra); "
+        "eval.promote_when_uncompared: allow promotes anyway"
+    )
+    allowed = decide(True, found, 0.0, "allow")
+    assert (
+        allowed["promote"]
+        and "not compared (eval.promote_when_uncompared: allow): extra" in allowed["reason"]
+    )
+    # a task with no row scored by both students is not compared either, and not taken as level
+    unscored = compared(rows_of(t=[None] * 10), rows_of(t=[1.0] * 10))
+    assert unscored.promoted == {} and "no eval row has a accuracy score" in unscored.not_compared["t"]
+    assert not decide(True, unscored, 0.0)["promote"]
+
+
+def test_a_student_within_the_noise_of_the_promoted_but_below_the_best_ever_is_refused():
+    """The ratchet: each night's student one or two rows below the last one is noise, so the
+    promoted student slides; the best promoted ever (run "b") still catches the slide."""
+    best = rows_of(t=[1.0] * 36 + [0.0] * 4)
+    promoted = rows_of(t=[1.0] * 31 + [0.0] * 9)
+    new = rows_of(t=[1.0] * 30 + [0.0] * 10)
+    found = compared(new, promoted, ("b", best))
+    assert found.promoted["t"]["diff_ci95"][1] >= 0  # level with the promoted student, within noise
+    assert found.best_ever["t"]["run"] == "b" and found.best_ever["t"]["diff_ci95"][1] < 0
+    verdict = decide(True, found, 0.0)
+    assert not verdict["promote"]
+    assert verdict["reason"].startswith(
+        "worse than the best promoted student beyond the noise: t (run b: accuracy"
+    )
+    assert found.drift() == {"t": 0.15}
+    assert decide(True, compared(new, promoted), 0.0)["promote"]  # the old rule let it through
+
+
+def test_the_best_promoted_run_is_the_best_recorded_headline_of_a_promoted_run_still_there(tmp_path):
+    for run in ("r1", "r2", "r3"):
+        (tmp_path / run / "train" / "student").mkdir(parents=True)
+    records = [
+        {"id": "r1", "promotion": {"promote": True}, "headline": {"t": 0.80, "s": 0.30}},
+        {"id": "r2", "promotion": {"promote": True}, "headline": {"t": 0.75, "s": 0.35}},
+        {"id": "r3", "promotion": {"promote": False}, "headline": {"t": 0.99, "s": 0.99}},  # not promoted
+        {"id": "r4", "promotion": {"promote": True}, "headline": {"t": 0.95, "s": None}},  # folder deleted
+        {"id": "r5", "status": "crashed"},
+    ]
+    assert best_promoted(records, tmp_path) == {
+        "t": {"run": "r1", "headline": 0.80},
+        "s": {"run": "r2", "headline": 0.35},
+    }
 
 
 def test_random_sample_is_deterministic_ordered_and_stable_under_appends():
@@ -218,12 +336,13 @@ def test_run_folders_are_not_the_stage_folders(tmp_path, tiny_encoder, tiny_teac
     assert not Path(tmp_path / "run").exists()
 
 
-def test_validation_every_n_steps_exports_the_best_step(tmp_path, tiny_encoder, tiny_teacher):
+def test_validation_every_n_steps_exports_the_selected_step(tmp_path, tiny_encoder, tiny_teacher):
     import random
 
     from distill.pipeline import load as load_pipeline
     from distill.student.model import load_student
-    from distill.tasks import load_split, tasks_for
+    from distill.tasks import tasks_for
+    from distill.train.validation import select_step, validation_rows
 
     data = pipeline_dict(tmp_path, tiny_encoder, tiny_teacher, steps=6, validate_every=2, validation_rows=10)
     rng = random.Random(3)
@@ -238,30 +357,30 @@ def test_validation_every_n_steps_exports_the_best_step(tmp_path, tiny_encoder, 
     run = tmp_path / "run"
     records = [json.loads(x) for x in (run / "train" / "validation.jsonl").read_text().splitlines()]
     assert [r["step"] for r in records] == [2, 4, 6] and all(set(r["scores"]) == {"reviews"} for r in records)
-    best = max(records, key=lambda r: r["score"])  # first of equals: a later tie is not better
+    assert all(len(r["rows"]["reviews"]) == 10 for r in records)  # per-row scores, for the interval
     selected = json.loads((run / "train" / "student" / "student.json").read_text())["training"]["selected"]
-    assert selected["step"] == best["step"] and selected["by"] == "validation"
+    assert selected == select_step(records, 1000, 0)  # the rule, on what validation.jsonl holds
+    assert selected["steps_scored"] == [2, 4, 6] and selected["by"] == "validation" and selected["why"]
+    assert json.loads((run / "train" / "manifest.json").read_text())["selected"] == selected
     cfg = load_pipeline(path)
     task = next(t for t in tasks_for(cfg) if t.name == "reviews")
     student, tokenizer = load_student(run / "train" / "student")
-    valid = load_split(cfg.tasks[0], "validation")[:10]
+    valid = validation_rows(task, 10, cfg.train.seed)  # the seeded sample, not the first 10 rows
     accuracy = float(np.nanmean(task.row_scores(cfg, valid, student, tokenizer)["accuracy"]))
-    assert accuracy == pytest.approx(
-        best["scores"]["reviews"], abs=1e-6
-    )  # the exported weights are that step's
-    manifest = json.loads((run / "train" / "manifest.json").read_text())
-    assert manifest["selected"]["step"] == best["step"]
-    # and the weights are the best tag's, not the last step's
+    chosen = next(r for r in records if r["step"] == selected["step"])
+    assert accuracy == pytest.approx(chosen["scores"]["reviews"], abs=1e-6)  # the exported weights are its
+    lo, hi = selected["score_ci95"]
+    assert lo <= chosen["score"] <= hi and lo < hi
+    # and the weights are the selected step's checkpoint
     from safetensors.torch import load_file
 
     from distill.train.checkpoint import BEST_TAG, consolidated_state_dict
 
     exported = load_file(str(run / "train" / "student" / "model.safetensors"))
     ckpt = run / "train" / "checkpoints"
-    tagged = {tag: consolidated_state_dict(ckpt, tag, 0, None) for tag in (BEST_TAG, "step-0000006")}
+    tag = "step-0000006" if selected["step"] == 6 else BEST_TAG
     name = "heads.reviews.1.weight"
-    assert torch.equal(exported[name], tagged[BEST_TAG]["student." + name])
-    assert best["step"] == 6 or not torch.equal(exported[name], tagged["step-0000006"]["student." + name])
+    assert torch.equal(exported[name], consolidated_state_dict(ckpt, tag, 0, None)["student." + name])
 
 
 def test_a_killed_run_resumes_and_a_failed_one_is_recorded(tmp_path, tiny_encoder, tiny_teacher):

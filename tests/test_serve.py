@@ -20,8 +20,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from distill.ship.serve.app import create_app, message_text, served_tasks
+from distill.ship.serve.app import create_app
 from distill.ship.serve.batching import padded_tokens, run_by_length, token_budget_batches
+from distill.ship.serve.protocol import message_text
+from distill.ship.serve.service import served_tasks
 from tests.conftest import REPO
 
 MAX_CHARS = 300
@@ -469,7 +471,7 @@ def test_sentence_pairs_are_served_with_segments(tmp_path, tiny_encoder):
 
 
 def test_serve_resolves_a_run_folder_and_listens(trained_run):
-    code = f"from distill.serve import serve; serve({str(trained_run)!r}, port=0, max_batch=4)"
+    code = f"from distill.ship.serve.app import serve; serve({str(trained_run)!r}, port=0, max_batch=4)"
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     proc = subprocess.Popen([sys.executable, "-c", code], stderr=subprocess.PIPE, text=True, env=env)
     try:
@@ -489,3 +491,112 @@ def test_serve_resolves_a_run_folder_and_listens(trained_run):
         proc.send_signal(signal.SIGINT)
         proc.wait(timeout=20)
     assert proc.returncode == 0
+
+
+# --- what ships is what was scored: the stored decoding -------------------------------------
+BEAMS = {"num_beams": 3, "no_repeat_ngram_size": 2}
+
+
+def copied_run(trained_run: Path, root: Path, eval_extra: dict | None = None) -> Path:
+    """``trained_run``'s pipeline with run_dir ``root/run`` (its teach outputs, and its train
+    output when there is one, copied there) and ``eval_extra`` in eval: the new pipeline file."""
+    import shutil
+
+    import yaml
+
+    data = yaml.safe_load((trained_run.parent / "pipeline.yaml").read_text())
+    data["run_dir"] = str(root / "run")
+    data["eval"].update(eval_extra or {})
+    shutil.copytree(trained_run / "teach", root / "run" / "teach")
+    path = root / "pipeline.yaml"
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    return path
+
+
+def scored_side(pipeline_path: Path, overrides: list[str] | None = None):
+    """The papers task, the pipeline, the saved student and its test rows, as eval reads them."""
+    from distill.core.data import read_jsonl
+    from distill.core.layout import output_path
+    from distill.pipeline import load as load_pipeline
+    from distill.student.model import load_student
+    from distill.tasks import tasks_for
+
+    pipeline = load_pipeline(pipeline_path, overrides)
+    papers = next(t for t in tasks_for(pipeline) if t.name == "papers")
+    student, tokenizer = load_student(pipeline.path / "train" / "student")
+    return papers, pipeline, student, tokenizer, read_jsonl(output_path(pipeline, "papers", "test"))
+
+
+@pytest.fixture(scope="module")
+def beam_run(trained_run: Path, tmp_path_factory) -> Path:
+    """The tiny run trained again with eval.decoding beams and n-gram blocking: its pipeline."""
+    path = copied_run(trained_run, tmp_path_factory.mktemp("beam_run"), {"decoding": BEAMS})
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    proc = subprocess.run(
+        [sys.executable, "-m", "distill.cli", "train", str(path)], capture_output=True, text=True, env=env
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return path
+
+
+def test_train_stores_the_decoding_eval_scores(trained_run, beam_run):
+    greedy = json.loads((trained_run / "train" / "student" / "student.json").read_text())
+    assert greedy["decoding"] == {"papers": {"max_new_tokens": 8, "num_beams": 1}}
+    report = json.loads((trained_run / "eval" / "report.json").read_text())
+    assert report["tasks"]["papers"]["student_json_decoding"] == "kept"
+    beams = json.loads((beam_run.parent / "run" / "train" / "student" / "student.json").read_text())
+    assert beams["decoding"] == {"papers": {"max_new_tokens": 8, **BEAMS, "length_penalty": 1.0}}
+
+
+def test_a_beam_student_serves_evals_summaries(beam_run):
+    """Served summaries are what eval's path scores for the same rows: beams 3, no repeated
+    2-grams, eval.max_new_tokens 8 (not greedy up to max_summary_length 12)."""
+    papers, pipeline, student, tokenizer, rows = scored_side(beam_run)
+    expected, cuts = papers.scored_summaries(pipeline, rows, student, tokenizer)
+    greedy, _ = papers.student_summaries(student, tokenizer, rows, len(rows), student.spec.max_summary_length)
+    assert expected != greedy  # else this test could not tell the decodings apart
+    documents = [r["document"] for r in rows]
+    with LiveServer(pipeline.path / "train" / "student", max_batch_tokens=10**6) as server:
+        status, body = server.post("/v1/completions", {"model": "papers", "prompt": documents})
+        longer = server.post("/v1/completions", {"prompt": documents, "max_tokens": 100})[1]
+        _, health = server.get("/health")
+    assert status == 200, body
+    assert [c["text"] for c in body["choices"]] == expected
+    assert [c["finish_reason"] for c in body["choices"]] == ["length" if c else "stop" for c in cuts]
+    assert [c["text"] for c in longer["choices"]] == expected  # max_tokens may only shorten it
+    assert health["decoding"]["papers"] == {
+        "max_new_tokens": 8, **BEAMS, "length_penalty": 1.0, "from": "student.json"}  # fmt: skip
+
+
+def test_eval_with_other_decoding_rewrites_what_ships(beam_run, tmp_path):
+    """Eval rerun with --set eval.decoding…: it scores the pipeline's decoding, student.json then
+    stores that, and serve answers with it."""
+    import shutil
+
+    root = tmp_path / "rerun"
+    path = copied_run(beam_run.parent / "run", root, {"decoding": BEAMS})
+    shutil.copytree(beam_run.parent / "run" / "train", root / "run" / "train")
+    overrides = ["eval.decoding.num_beams=1", "eval.decoding.no_repeat_ngram_size=0", "eval.max_new_tokens=6"]
+    args = [a for o in overrides for a in ("--set", o)]
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    proc = subprocess.run(
+        [sys.executable, "-m", "distill.cli", "eval", str(path), *args],
+        capture_output=True, text=True, env=env,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    spec = json.loads((root / "run" / "train" / "student" / "student.json").read_text())
+    assert spec["decoding"] == {"papers": {"max_new_tokens": 6, "num_beams": 1}}
+    note = "rewritten (was max_new_tokens=8, num_beams=3, no_repeat_ngram_size=2, length_penalty=1.0)"
+    assert (
+        json.loads((root / "run" / "eval" / "report.json").read_text())["tasks"]["papers"][
+            "student_json_decoding"
+        ]
+        == note
+    )
+    assert f"student.json's decoding {note}" in (root / "run" / "eval" / "report.md").read_text()
+    papers, pipeline, student, tokenizer, rows = scored_side(path, overrides)
+    expected, _ = papers.scored_summaries(pipeline, rows, student, tokenizer)
+    with LiveServer(pipeline.path / "train" / "student", max_batch_tokens=10**6) as server:
+        status, body = server.post("/v1/completions", {"prompt": [r["document"] for r in rows]})
+    assert status == 200, body
+    assert [c["text"] for c in body["choices"]] == expected

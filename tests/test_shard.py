@@ -16,9 +16,9 @@ from distill.core.errors import DistillError
 from distill.core.layout import output_path
 from distill.pipeline import load as load_pipeline
 from distill.teach.cache import AnswerCache, answer_key, merge, shard_of
-from distill.teach.run import merge as merge_shards
-from distill.teach.run import parse_shard, run_shard, shard_cache_path
 from distill.teach.run import run as teach
+from distill.teach.shard import merge as merge_shards
+from distill.teach.shard import parse_shard, run_shard, shard_cache_path
 from tests.conftest import api_pipeline, make_data, write_jsonl
 
 CALIBRATED = ["teach.calibration.prior=content_free", "teach.calibration.temperature=true"]
@@ -288,7 +288,7 @@ def test_the_cli_shards_merges_and_then_teaches_from_the_cache(tmp_path, tiny_en
     merged = distill("teach", path, "--merge").stderr
     assert f"{sum(calls)} added" in merged and "0 conflicts" in merged
     before = len(server.log)
-    assert "teach: 0 teacher calls" in distill("teach", path).stderr
+    assert "teach: 0 teacher answers (0 stored)" in distill("teach", path).stderr
     assert len(server.log) == before and output_path(cfg, "reviews", "train").is_file()
     both = distill("teach", path, "--shard", "0/2", "--merge", check=False)
     assert both.returncode == 2 and "one at a time" in both.stderr

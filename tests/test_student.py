@@ -10,7 +10,7 @@ from distill.core.losses import IGNORE_INDEX
 from distill.student.model import build_student, load_student, save_student
 from distill.student.tokens import decoder_inputs, decoder_special_tokens
 from distill.tasks import task_for
-from distill.train.run import decay_groups, optimizer_groups
+from distill.train.recipe import decay_groups, optimizer_groups
 
 TASK_CONFIGS = [
     TaskConfig(

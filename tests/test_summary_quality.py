@@ -5,9 +5,8 @@ import math
 
 import pytest
 
-from distill.eval.report.markdown import markdown
-from distill.eval.stats import (
-    bootstrap_indices,
+from distill.eval.metrics.bootstrap import bootstrap_indices
+from distill.eval.metrics.summaries import (
     distinct_n,
     distinct_outputs_per_100,
     lead_sentence,
@@ -16,6 +15,7 @@ from distill.eval.stats import (
     rouge,
     summary_metrics,
 )
+from distill.eval.report.markdown import markdown
 
 
 # --- degeneration metrics -----------------------------------------------------------------------

@@ -37,7 +37,7 @@ import numpy as np
 
 from distill.core.config import PipelineConfig
 from distill.core.errors import ConfigError
-from distill.eval.stats import bootstrap_indices, percentile_interval
+from distill.eval.metrics.bootstrap import bootstrap_indices, percentile_interval
 from distill.pipeline import load as load_pipeline
 from distill.tasks import Task, tasks_for
 

@@ -27,7 +27,8 @@ from distill.student.sharing import (
     mean_pool,
     orthogonality_penalty,
 )
-from distill.student.tokens import decoder_inputs, set_special_tokens
+from distill.student.summarizers import WITHOUT_DECODER, summarizer_class
+from distill.student.summarizers.base import Summarizer
 
 
 @dataclass
@@ -51,8 +52,8 @@ class StudentSpec:
     adversarial_weight: float = 0.05
     orthogonality_weight: float = 0.01
     """λ_adv and γ of the adversarial sharing losses (Liu, Qiu & Huang 2017)."""
-    summarizer: str = "bert2bert"
-    """bert2bert | teacher_layers (distill/decoders.py)."""
+    summarizer: str = WITHOUT_DECODER.name
+    """A key of distill/student/summarizers' SUMMARIZERS (bert2bert, teacher_layers)."""
     decoder_source: str | None = None
     decoder_layers: list[int] | None = None
     """teacher_layers: the model the decoder was cut from, and which of its layers it kept."""
@@ -61,10 +62,25 @@ class StudentSpec:
     """How train made these weights (hard_labels, soft_weight, kd_temperature,
     teach_outputs_sha256, cut_summaries, steps, sampling, weighting); None for a student never
     trained."""
+    decoding: dict[str, dict[str, Any]] | None = None
+    """Summarization task name → {"max_new_tokens", **DecodingConfig.generate_kwargs()}: how eval
+    last scored its summaries (train writes the pipeline's; an eval scoring other settings
+    rewrites it), so serve and export write what was scored. None: an older student, or one
+    without a summarization task (then greedy up to max_summary_length)."""
+
+    @property
+    def head_labels(self) -> dict[str, list[str]]:
+        """Task name → its label names, for the tasks the student answers with a classification
+        head (a spec entry lists label names exactly for those; the others write text)."""
+        return {name: labels for name, entry in self.tasks.items() if (labels := entry["labels"])}
 
     @property
     def summarization_tasks(self) -> list[str]:
-        return [name for name, entry in self.tasks.items() if entry["labels"] is None]
+        return [name for name in self.tasks if name not in self.head_labels]
+
+    @property
+    def summarizer_class(self) -> type[Summarizer]:
+        return summarizer_class(self.summarizer)
 
     @property
     def private(self) -> bool:
@@ -91,9 +107,8 @@ class Student(nn.Module):
         width = 2 * hidden if spec.private else hidden  # a head reads [shared; private]
         self.heads = nn.ModuleDict(
             {
-                name: nn.Sequential(nn.Dropout(spec.dropout), nn.Linear(width, len(entry["labels"])))
-                for name, entry in spec.tasks.items()
-                if entry["labels"] is not None
+                name: nn.Sequential(nn.Dropout(spec.dropout), nn.Linear(width, len(labels)))
+                for name, labels in spec.head_labels.items()
             }
         )
         if spec.private:
@@ -110,9 +125,7 @@ class Student(nn.Module):
 
     @property
     def encoder(self) -> nn.Module:
-        return (
-            self.backbone.encoder if self.spec.decoder_config and self.summarizer is None else self.backbone
-        )
+        return self.spec.summarizer_class.encoder(self)
 
     def shared_parameters(self) -> list[nn.Parameter]:
         """Parameters every task reaches: the shared encoder's."""
@@ -126,7 +139,7 @@ class Student(nn.Module):
         chosen = [p for n, p in named if f"layer.{last}." in n]
         return chosen or [p for _, p in named]
 
-    def _features(
+    def features(
         self,
         task: str,
         input_ids: torch.Tensor,
@@ -141,9 +154,10 @@ class Student(nn.Module):
         embedded = self.encoder.embeddings(input_ids=input_ids, **extra)
         return shared, self.private[task](embedded, attention_mask)
 
-    def _aux_losses(
+    def aux_losses(
         self, task: str, shared: torch.Tensor, private: torch.Tensor | None, mask: torch.Tensor
     ) -> dict[str, torch.Tensor]:
+        """The adversarial sharing losses of one batch (none under other sharing modes)."""
         if self.spec.sharing != "adversarial":
             return {}
         assert private is not None
@@ -157,11 +171,11 @@ class Student(nn.Module):
         }
 
     def _classify(self, task, input_ids, attention_mask, token_type_ids) -> dict[str, torch.Tensor]:
-        shared, private = self._features(task, input_ids, attention_mask, token_type_ids)
+        shared, private = self.features(task, input_ids, attention_mask, token_type_ids)
         pooled = mean_pool(shared, attention_mask)  # (batch, hidden)
         if private is not None:
             pooled = torch.cat([pooled, mean_pool(private, attention_mask)], dim=-1)
-        return {"logits": self.heads[task](pooled), **self._aux_losses(task, shared, private, attention_mask)}
+        return {"logits": self.heads[task](pooled), **self.aux_losses(task, shared, private, attention_mask)}
 
     def classify(
         self,
@@ -175,35 +189,8 @@ class Student(nn.Module):
         token_type_ids (batch, seq): the segment of each token for sentence pairs."""
         return self._classify(task, input_ids, attention_mask, token_type_ids)["logits"]
 
-    def _encoder_outputs(self, task: str, input_ids: torch.Tensor, attention_mask: torch.Tensor):
-        """What the decoder cross-attends to: shared (+ private) states, and them apart."""
-        from transformers.modeling_outputs import BaseModelOutput
-
-        shared, private = self._features(task, input_ids, attention_mask, None)
-        states = shared if private is None else shared + private
-        return BaseModelOutput(last_hidden_state=states), shared, private
-
     def _summary(self, task, input_ids, attention_mask, target_ids, **prompt) -> dict[str, torch.Tensor]:
-        if self.summarizer is not None:
-            shared, _ = self._features(task, input_ids, attention_mask, None)
-            pooled = mean_pool(shared, attention_mask)  # (batch, hidden): what the bridge reads
-            return {
-                "logits": self.summarizer(
-                    prompt["decoder_prompt_ids"], prompt["decoder_prompt_mask"], pooled, target_ids
-                )
-            }
-        config = self.backbone.config
-        decoder_input_ids, decoder_mask = decoder_inputs(
-            target_ids, config.decoder_start_token_id, config.pad_token_id
-        )
-        encoded, shared, private = self._encoder_outputs(task, input_ids, attention_mask)
-        out = self.backbone(
-            encoder_outputs=encoded,
-            attention_mask=attention_mask,
-            decoder_input_ids=decoder_input_ids,
-            decoder_attention_mask=decoder_mask,
-        )
-        return {"logits": out.logits, **self._aux_losses(task, shared, private, attention_mask)}
+        return self.spec.summarizer_class.logits(self, task, input_ids, attention_mask, target_ids, prompt)
 
     def summary_logits(
         self, task: str, input_ids: torch.Tensor, attention_mask: torch.Tensor, target_ids: torch.Tensor
@@ -212,12 +199,12 @@ class Student(nn.Module):
         return self._summary(task, input_ids, attention_mask, target_ids)["logits"]
 
     def forward(self, task: str, **batch: torch.Tensor) -> dict[str, torch.Tensor]:
-        if self.spec.tasks[task]["labels"] is None:
-            prompt = {k: batch[k] for k in ("decoder_prompt_ids", "decoder_prompt_mask") if k in batch}
-            return self._summary(
-                task, batch["input_ids"], batch["attention_mask"], batch["target_ids"], **prompt
+        if task in self.heads:
+            return self._classify(
+                task, batch["input_ids"], batch["attention_mask"], batch.get("token_type_ids")
             )
-        return self._classify(task, batch["input_ids"], batch["attention_mask"], batch.get("token_type_ids"))
+        prompt = {k: batch[k] for k in ("decoder_prompt_ids", "decoder_prompt_mask") if k in batch}
+        return self._summary(task, batch["input_ids"], batch["attention_mask"], batch["target_ids"], **prompt)
 
     @torch.inference_mode()
     def summarize(
@@ -232,21 +219,8 @@ class Student(nn.Module):
         """(batch, new) generated ids; ``decoding``: generate options (num_beams,
         no_repeat_ngram_size, length_penalty); ``prompt``: decoder_prompt_ids/mask for a
         teacher-layers summarizer."""
-        decoding = decoding or {"num_beams": 1}
-        if self.summarizer is not None:
-            assert prompt is not None
-            shared, _ = self._features(task, input_ids, attention_mask, None)
-            return self.summarizer.generate(
-                prompt["decoder_prompt_ids"],
-                prompt["decoder_prompt_mask"],
-                mean_pool(shared, attention_mask),
-                max_new_tokens,
-                self.codec.stop_student_ids,
-                **decoding,
-            )
-        encoded, _, _ = self._encoder_outputs(task, input_ids, attention_mask)
-        return self.backbone.generate(
-            encoder_outputs=encoded, attention_mask=attention_mask, max_new_tokens=max_new_tokens, **decoding
+        return self.spec.summarizer_class.generate(
+            self, task, input_ids, attention_mask, max_new_tokens, decoding or {"num_beams": 1}, prompt
         )
 
 
@@ -261,34 +235,20 @@ def build_student(
     measurements on ``corpus``: task name → teach train rows). With ``cfg.warmup.steps`` the
     summarization path is then warmed up on ``unlabeled`` text (cached; distill/warmup.py) and
     the record kept in ``student.warmup_record``."""
-    from transformers import AutoModel, AutoTokenizer, EncoderDecoderModel
+    from transformers import AutoTokenizer
 
     path = resolve_encoder(cfg.encoder)
     writes = [t for t in tasks if t.generates_text]
-    summarizer = codec = layers = None
+    summarizing = summarizer_class(cfg.summarizer) if writes else WITHOUT_DECODER
     try:
         tokenizer = AutoTokenizer.from_pretrained(path)
-        if writes and cfg.summarizer == "bert2bert":
-            backbone = EncoderDecoderModel.from_encoder_decoder_pretrained(path, path)
-            set_special_tokens(backbone, tokenizer, cfg.encoder)
-        else:
-            backbone = AutoModel.from_pretrained(path)
+        backbone = summarizing.pretrained(path, tokenizer, cfg, bool(writes))
     except OSError as e:
         raise DistillError(f"student.encoder {cfg.encoder!r}: cannot load ({e})") from None
-    if writes and cfg.summarizer == "teacher_layers":
-        from distill.student.summarizers.teacher_layers.decoder import cut_teacher
-
-        rows = [(t.instruction, r) for t in writes for r in (corpus or {}).get(t.name, [])]
-        extra = unlabeled if cfg.warmup.steps else []
-        summarizer, codec, layers = cut_teacher(cfg, rows, backbone.config.hidden_size, extra)
-    has_decoder = hasattr(backbone, "decoder")
+    rows = [(t.instruction, r) for t in writes for r in (corpus or {}).get(t.name, [])]
+    parts = summarizing.build(cfg, backbone, rows, unlabeled if cfg.warmup.steps and unlabeled else [])
     spec = StudentSpec(
         tasks={t.name: t.student_entry() for t in tasks},
-        encoder_config=(backbone.config.encoder if has_decoder else backbone.config).to_dict(),
-        decoder_config=(
-            backbone.config.decoder.to_dict() if has_decoder
-            else summarizer.lm.config.to_dict() if summarizer is not None else None
-        ),
         max_length=cfg.max_length,
         max_document_length=cfg.max_document_length,
         max_summary_length=cfg.max_summary_length,
@@ -298,12 +258,10 @@ def build_student(
         private_feedforward=cfg.private_feedforward,
         adversarial_weight=cfg.adversarial_weight,
         orthogonality_weight=cfg.orthogonality_weight,
-        summarizer=cfg.summarizer if writes else "bert2bert",
-        decoder_source=cfg.decoder_source if summarizer is not None else None,
-        decoder_layers=layers,
-        bridge=cfg.bridge and summarizer is not None,
-    )  # fmt: skip
-    student = Student(spec, backbone, summarizer, codec)
+        summarizer=summarizing.name,
+        **parts.spec,
+    )
+    student = Student(spec, parts.backbone, parts.summarizer, parts.codec)
     if writes and cfg.warmup.steps:
         from distill.student.warmup import warm_up
 
@@ -311,37 +269,10 @@ def build_student(
     return student, tokenizer
 
 
-def _config(data: dict[str, Any]) -> Any:
-    from transformers import AutoConfig
-
-    data = dict(data)
-    return AutoConfig.for_model(data.pop("model_type"), **data)
-
-
-def _backbone_from_spec(spec: StudentSpec, tokenizer: Any) -> nn.Module:
-    from transformers import AutoModel, EncoderDecoderConfig, EncoderDecoderModel
-
-    if spec.decoder_config is None or spec.summarizer == "teacher_layers":
-        return AutoModel.from_config(_config(spec.encoder_config))
-    full = EncoderDecoderConfig.from_encoder_decoder_configs(
-        _config(spec.encoder_config), _config(spec.decoder_config)
-    )
-    model = EncoderDecoderModel(config=full)
-    set_special_tokens(model, tokenizer, spec.encoder_source)
-    return model
-
-
-def _summarizer_from_spec(spec: StudentSpec) -> nn.Module | None:
-    if spec.summarizer != "teacher_layers":
-        return None
-    from distill.student.summarizers.teacher_layers.decoder import CausalSummarizer
-
-    assert spec.decoder_config is not None
-    return CausalSummarizer(_config(spec.decoder_config), spec.encoder_config["hidden_size"], spec.bridge)
-
-
-DECODER_TOKENIZER = "decoder_tokenizer"
-"""Subfolder of a teacher-layers student: the teacher's tokenizer its decoder reads and writes."""
+def _model_from_spec(spec: StudentSpec, tokenizer: Any) -> Student:
+    """A student of ``spec`` with random weights (the saved ones load next)."""
+    backbone, summarizer = spec.summarizer_class.from_spec(spec, tokenizer)
+    return Student(spec, backbone, summarizer)
 
 
 def save_student(
@@ -351,13 +282,12 @@ def save_student(
     from safetensors.torch import save_model
 
     folder.mkdir(parents=True, exist_ok=True)
-    model = Student(spec, _backbone_from_spec(spec, tokenizer), _summarizer_from_spec(spec))
+    model = _model_from_spec(spec, tokenizer)
     model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in state_dict.items()})
     save_model(model, str(folder / WEIGHTS_FILE))  # handles the decoder's tied embeddings
     (folder / SPEC_FILE).write_text(json.dumps(asdict(spec), indent=2) + "\n")
     tokenizer.save_pretrained(folder)
-    if codec is not None:
-        codec.tokenizer.save_pretrained(folder / DECODER_TOKENIZER)
+    spec.summarizer_class.save_extra(folder, codec)
 
 
 def load_student(folder: str | Path) -> tuple[Student, Any]:
@@ -377,14 +307,9 @@ def load_student(folder: str | Path) -> tuple[Student, Any]:
             )
         spec = StudentSpec(**data)
         tokenizer = AutoTokenizer.from_pretrained(folder)
-        model = Student(spec, _backbone_from_spec(spec, tokenizer), _summarizer_from_spec(spec))
+        model = _model_from_spec(spec, tokenizer)
         load_model(model, str(folder / WEIGHTS_FILE))
-        if model.summarizer is not None:
-            from distill.student.summarizers.teacher_layers.decoder import codec_for
-
-            model.codec = codec_for(
-                AutoTokenizer.from_pretrained(folder / DECODER_TOKENIZER), model.summarizer
-            )
+        model.codec = spec.summarizer_class.load_codec(folder, model.summarizer)
     except (OSError, ValueError, TypeError, RuntimeError, SafetensorError) as e:
         raise DistillError(f"{folder}: corrupt student folder ({e})") from None
     return model.eval(), tokenizer

@@ -162,6 +162,17 @@ class Task:
     ) -> TimedCalls:
         raise NotImplementedError
 
+    # --- export -----------------------------------------------------------------------------
+    def exporter(self, spec: StudentSpec) -> str:
+        """The `distill export` format that writes this task of a student with ``spec`` (a key of
+        distill/ship/export/run.py's EXPORTERS)."""
+        raise NotImplementedError
+
+    def probe_row(self, text: str) -> dict[str, Any]:
+        """A row of this task's inputs made from one text: what export checks a folder on when
+        it is given no rows."""
+        raise NotImplementedError
+
     # --- shared helpers ---------------------------------------------------------------------
     def _ask_splits(
         self,

@@ -14,7 +14,7 @@ from distill.core.data import Example, read_jsonl
 from distill.core.errors import ConfigError, DistillError
 from distill.core.losses import IGNORE_INDEX, distillation_loss
 from distill.core.tensors import length_mask, pad
-from distill.eval.stats import classification_metrics, macro_f1
+from distill.eval.metrics.classification import classification_metrics, macro_f1
 from distill.tasks.base import Task, TimedCalls
 from distill.teach.calibration import CONTENT_FREE_INPUTS, calibrate, fit_temperature, nll
 from distill.teach.prompts import classification_prompt, few_shot_examples, template_version
@@ -217,6 +217,12 @@ class Classification(Task):
     # --- student ----------------------------------------------------------------------------
     def student_entry(self) -> dict[str, Any]:
         return {"kind": self.kind, "labels": self.labels, "prefix": None}
+
+    def exporter(self, spec) -> str:
+        return "classifier"  # distill/ship/export/classifier.py
+
+    def probe_row(self, text: str) -> dict[str, Any]:
+        return {"text": text}
 
     def encode(
         self, rows: list[dict[str, Any]], tokenizer: Any, max_length: int

@@ -35,6 +35,9 @@ class SentencePair(Classification):
     def body(self, example: Example) -> str:
         return f"Text A: {example['text']}\nText B: {example['text_pair']}"
 
+    def probe_row(self, text: str) -> dict[str, Any]:
+        return {"text": text, "text_pair": text[::-1]}
+
     def content_free_example(self, text: str, index: int) -> Example:
         return {**super().content_free_example(text, index), "text_pair": text}
 

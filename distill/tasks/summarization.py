@@ -5,6 +5,7 @@ and knows which kind of summary to write."""
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import asdict
 from typing import Any
 
@@ -15,12 +16,32 @@ from distill.core.data import Example
 from distill.core.errors import ConfigError, DistillError
 from distill.core.losses import IGNORE_INDEX, sequence_kd_loss, token_kd_loss
 from distill.core.tensors import left_pad, length_mask, pad
-from distill.eval.stats import rouge_per_row, summary_metrics
+from distill.eval.metrics.summaries import rouge_per_row, summary_metrics
 from distill.student.summarizers.teacher_layers.decoder import teacher_targets
 from distill.student.tokens import encode_targets
 from distill.tasks.base import Task, TimedCalls
 from distill.teach.prompts import summary_prompt, template_version
 from distill.train.batches import TaskTensors
+
+
+def decoding_entry(max_new: int, decoding: DecodingConfig) -> dict[str, Any]:
+    """One task's entry in a student's stored ``decoding`` (student.json): what eval scored, so
+    serve and export write what was scored."""
+    return {"max_new_tokens": max_new, **decoding.generate_kwargs()}
+
+
+def entry_decoding(entry: dict[str, Any]) -> tuple[int, DecodingConfig]:
+    """A stored ``decoding`` entry back as (max_new_tokens, DecodingConfig): the inverse of
+    ``decoding_entry``, which eval and serve both decode through."""
+    options = {k: v for k, v in entry.items() if k != "max_new_tokens"}
+    return entry["max_new_tokens"], DecodingConfig(**options)
+
+
+def shipped_decodings(pipeline, tasks: Iterable[Task]) -> dict[str, dict[str, Any]] | None:
+    """Every summarization task's ``decoding_entry`` under ``pipeline`` (None without one): what
+    train stores in student.json and eval rewrites it to when it scores something else."""
+    entries = {t.name: t.shipped_decoding(pipeline) for t in tasks if isinstance(t, Summarization)}
+    return entries or None
 
 
 class Summarization(Task):
@@ -103,6 +124,13 @@ class Summarization(Task):
     # --- student ----------------------------------------------------------------------------
     def student_entry(self) -> dict[str, Any]:
         return {"kind": self.kind, "labels": None, "prefix": self.prefix, "instruction": self.instruction}
+
+    def exporter(self, spec) -> str:
+        """The student's summarizer decides the artifact (a seq2seq model, a causal LM)."""
+        return spec.summarizer_class.exporter
+
+    def probe_row(self, text: str) -> dict[str, Any]:
+        return {"document": text}
 
     def encode(
         self, rows: list[dict[str, Any]], tokenizer: Any, max_length: int, prefix: str | None = None
@@ -196,6 +224,16 @@ class Summarization(Task):
     def decoding(self, pipeline) -> DecodingConfig:
         return self.cfg.decoding or pipeline.eval.decoding
 
+    def shipped_decoding(self, pipeline) -> dict[str, Any]:
+        """This task's decoding under ``pipeline`` as student.json stores it."""
+        return decoding_entry(pipeline.eval.max_new_tokens, self.decoding(pipeline))
+
+    def scored_summaries(self, pipeline, rows, student, tokenizer) -> tuple[list[str], list[bool]]:
+        """The summaries eval scores: decoded through the very entry student.json stores (and
+        serve decodes with), in eval.batch_size batches."""
+        max_new, decoding = entry_decoding(self.shipped_decoding(pipeline))
+        return self.student_summaries(student, tokenizer, rows, pipeline.eval.batch_size, max_new, decoding)
+
     def student_summaries(
         self, student, tokenizer, rows, batch: int, max_new: int, decoding: DecodingConfig | None = None
     ) -> tuple[list[str], list[bool]]:
@@ -240,9 +278,7 @@ class Summarization(Task):
         if decoding.greedy:
             section = summary_metrics(rows, greedy, resamples, student_cut=cut, decoding=asdict(decoding))
             return section, self._scores(greedy, rows)
-        predicted, _ = self.student_summaries(
-            student, tokenizer, rows, ec.batch_size, ec.max_new_tokens, decoding
-        )
+        predicted, _ = self.scored_summaries(pipeline, rows, student, tokenizer)
         section = summary_metrics(
             rows, predicted, resamples, student_cut=cut, greedy=greedy, decoding=asdict(decoding)
         )
@@ -254,10 +290,7 @@ class Summarization(Task):
         return {key: per_row[key] for key in ("rouge1", "rouge2", "rougeL")}
 
     def row_scores(self, pipeline, rows, student, tokenizer):
-        ec = pipeline.eval
-        texts, _ = self.student_summaries(
-            student, tokenizer, rows, ec.batch_size, ec.max_new_tokens, self.decoding(pipeline)
-        )
+        texts, _ = self.scored_summaries(pipeline, rows, student, tokenizer)
         return self._scores(texts, rows)
 
     def teacher_row_scores(self, rows):
@@ -267,7 +300,7 @@ class Summarization(Task):
         return {key: float(np.nanmean(values)) for key, values in scores.items()}
 
     def timed_calls(self, pipeline, rows, student, tokenizer, teacher) -> TimedCalls:
-        max_new, decoding = pipeline.eval.max_new_tokens, self.decoding(pipeline)
+        max_new, decoding = entry_decoding(self.shipped_decoding(pipeline))
         calls: TimedCalls = {
             "student": (
                 lambda b: self.student_summaries(student, tokenizer, list(b), len(b), max_new, decoding)[0],

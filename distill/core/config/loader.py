@@ -190,8 +190,18 @@ def described(obj: Any, where: str = "") -> Iterator[tuple[str, str, Any, str]]:
 
 
 def _type_name(hint: Any) -> str:
-    text = str(hint).replace("typing.", "")
-    return text[8:-2] if text.startswith("<class '") else text
+    """A field's type as a reader writes it: ``int | None``, ``dict[str, float]``, a Literal as
+    its choices ``hard|shared_private``; classes by their own name, without the module path."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin is Literal:
+        return "|".join(map(str, args))
+    if origin in (typing.Union, types.UnionType):
+        return " | ".join(_type_name(a) for a in args)
+    if origin is not None and args:
+        return f"{getattr(origin, '__name__', origin)}[{', '.join(_type_name(a) for a in args)}]"
+    if hint is type(None):
+        return "None"
+    return hint.__name__ if isinstance(hint, type) else str(hint).replace("typing.", "")
 
 
 def _join(where: str, key: str) -> str:

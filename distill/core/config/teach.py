@@ -57,6 +57,14 @@ class TeacherConfig:
     max_retries: int = 6
     """openai: retries for 429, 5xx, timeouts and connection errors (exponential backoff, jitter,
     Retry-After honoured)."""
+    max_consecutive_failures: int = 8
+    """openai: requests in a row (across all items in flight) that get no answer at all (the
+    connection refused or dropped, or timed out) before the endpoint is taken for dead: the run
+    sends nothing more, lists every item not yet asked as failed ("not asked: the endpoint at …
+    stopped answering"), keeps every answer already cached, and exits 3 like any failed item.
+    Any HTTP reply, an error status included, starts the count again. Before the first item one
+    probe (GET {base_url}/models, or a one-token request where that is not served) checks that
+    the endpoint answers at all; batch mode gets the probe only."""
     malformed_retries: int = 2
     """openai: retries for an unparseable answer or one outside the label set, before the item fails."""
     top_logprobs: int = 20
@@ -88,6 +96,7 @@ class TeacherConfig:
             "concurrency",
             "top_logprobs",
             "samples",
+            "max_consecutive_failures",
         )
         for key in positive:
             if getattr(self, key) < 1:

@@ -138,6 +138,8 @@ class TrainConfig:
     weight_decay: float = 0.01
     warmup_ratio: float = 0.1
     kd_temperature: float = 2.0
+    """T: the KL term compares teacher and student label distributions both softened to T, scaled
+    by T² (Hinton et al. 2015); tasks.NAME.kd_temperature overrides it for one task."""
     soft_weight: float = 0.5
     """Classification loss = soft_weight · T²·KL(teacher‖student) + (1 − soft_weight) · CE(hard label)."""
     hard_labels: Literal["gold", "teacher", "none"] = "teacher"
@@ -162,10 +164,14 @@ class TrainConfig:
     keep_checkpoints: int = 2
     validate_every: int = 0
     """Every N steps (and at the end), score the student on each task's validation data (gold
-    labels, references: the headline metric, accuracy or ROUGE-L) and export the best step's
-    weights instead of the last; 0: off, the last step is exported."""
+    labels, references: the headline metric, accuracy or ROUGE-L, row by row) and export the
+    best step (mean over tasks) instead of the last only when its paired 95% bootstrap interval
+    of (best − last) lies above 0 (distill/train/validation.py); 0: off, the last step is
+    exported. The train manifest's ``selected`` records the steps scored, the choice and why."""
     validation_rows: int = 32
-    """The first N rows of each task's validation split that ``validate_every`` scores."""
+    """Rows of each task's validation split that ``validate_every`` scores: a random sample fixed
+    by ``seed`` (bottom-k hashing of the row content, as ``max_rows`` with ``sample: random``),
+    not the first N."""
     seed: int = 0
 
     def __post_init__(self) -> None:

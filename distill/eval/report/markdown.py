@@ -47,6 +47,15 @@ def classification_table(cls: dict[str, Any]) -> Table:
     return Table(header, rows)
 
 
+def baseline_notes(cls: dict[str, Any]) -> list[str]:
+    """Why a task has no majority-class baseline row (no gold on the scored split)."""
+    return [
+        f"{name}: {m['majority_baseline_note']}."
+        for name, m in cls.items()
+        if m.get("majority_baseline_note")
+    ]
+
+
 def accuracy_gap_notes(cls: dict[str, Any]) -> list[str]:
     notes = [(name, _cell(m, "student_minus_teacher_accuracy")) for name, m in cls.items()]
     return [f"{name}: student − teacher accuracy {gap} (paired)." for name, gap in notes if gap]
@@ -128,6 +137,7 @@ def decoding_notes(tasks: dict[str, Any]) -> list[str]:
     return [
         f"{name}: student decoding {_decoding_text(m.get('decoding'))}; student/teacher length "
         f"{_fmt(m['degeneration'].get('student_to_teacher_length'))}"
+        + (f"; student.json's decoding {m['student_json_decoding']}" if "student_json_decoding" in m else "")
         for name, m in tasks.items()
     ]
 
@@ -171,8 +181,15 @@ def api_usage_note(usage: dict[str, Any]) -> str:
 
 
 def gates_table(gates: dict[str, Any]) -> Table:
-    rows = [[k, _fmt(g["value"]), str(g["min"]), str(g["passed"])] for k, g in gates.items()]
-    return Table(["gate", "value", "min", "passed"], rows)
+    """Each gate's figure, its bounds (blank: no such bound; older reports have no max) and verdict."""
+
+    def bound(g: dict[str, Any], key: str) -> str:
+        return "" if g.get(key) is None else str(g[key])
+
+    rows = [
+        [k, _fmt(g["value"]), bound(g, "min"), bound(g, "max"), str(g["passed"])] for k, g in gates.items()
+    ]
+    return Table(["gate", "value", "min", "max", "passed"], rows)
 
 
 def intro_note(report: dict[str, Any]) -> str:
@@ -203,7 +220,8 @@ def _markdown_table(table: Table) -> list[str]:
 
 
 def _classification_lines(cls: dict[str, Any]) -> list[str]:
-    lines = [*_markdown_table(classification_table(cls)), "", *accuracy_gap_notes(cls), ""]
+    notes = [*baseline_notes(cls), *accuracy_gap_notes(cls)]
+    lines = [*_markdown_table(classification_table(cls)), "", *notes, ""]
     return lines + _markdown_table(label_mass_table(cls)) + [""]
 
 
@@ -309,6 +327,7 @@ def _classification_html(cls: dict[str, Any]) -> list[str]:
     parts = [
         "<h2>Classification</h2>",
         html_table(classification_table(cls)),
+        *_paragraphs(baseline_notes(cls)),
         *_paragraphs(accuracy_gap_notes(cls)),
     ]
     parts += ["<h3>Teacher label mass</h3>", html_table(label_mass_table(cls))]

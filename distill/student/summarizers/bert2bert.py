@@ -1,17 +1,28 @@
 """The bert2bert summarizer: a transformers EncoderDecoderModel whose decoder is warm-started from
-the shared encoder's own weights and cross-attends to it."""
+the shared encoder's own weights and cross-attends to it. A student with no summarization task
+records this summarizer too, with no decoder: its backbone is then the bare encoder."""
 
 from __future__ import annotations
 
-from typing import ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import torch
+from torch import nn
 
 from distill.core.config import PipelineConfig
 from distill.core.errors import ConfigError
+from distill.student.summarizers.base import Parts, Summarizer, config_from_dict
+from distill.student.tokens import decoder_inputs, set_special_tokens
+
+if TYPE_CHECKING:
+    from distill.core.config import StudentConfig
+    from distill.student.model import Student, StudentSpec
 
 
-class Bert2Bert:
+class Bert2Bert(Summarizer):
     name: ClassVar[str] = "bert2bert"
     sharing: ClassVar[tuple[str, ...]] = ("hard", "shared_private", "adversarial")
+    exporter: ClassVar[str] = "seq2seq"
 
     @classmethod
     def check_pipeline(cls, cfg: PipelineConfig) -> None:
@@ -20,3 +31,75 @@ class Bert2Bert:
                 "train.token_kd_weight: token-level KD needs the teacher's vocabulary "
                 "(train.student.summarizer: teacher_layers)"
             )
+
+    # --- building -----------------------------------------------------------------------------
+    @classmethod
+    def pretrained(cls, path: str, tokenizer: Any, cfg: StudentConfig, writes: bool) -> nn.Module:
+        from transformers import AutoModel, EncoderDecoderModel
+
+        if not writes:
+            return AutoModel.from_pretrained(path)
+        model = EncoderDecoderModel.from_encoder_decoder_pretrained(path, path)
+        set_special_tokens(model, tokenizer, cfg.encoder)
+        return model
+
+    @classmethod
+    def build(cls, cfg: StudentConfig, backbone: nn.Module, rows: list, extra_text: list[str]) -> Parts:
+        if not hasattr(backbone, "decoder"):
+            return Parts(backbone, spec={"encoder_config": backbone.config.to_dict(), "decoder_config": None})
+        config = backbone.config
+        return Parts(
+            backbone,
+            spec={"encoder_config": config.encoder.to_dict(), "decoder_config": config.decoder.to_dict()},
+        )
+
+    @classmethod
+    def from_spec(cls, spec: StudentSpec, tokenizer: Any) -> tuple[nn.Module, None]:
+        from transformers import AutoModel, EncoderDecoderConfig, EncoderDecoderModel
+
+        if spec.decoder_config is None:
+            return AutoModel.from_config(config_from_dict(spec.encoder_config)), None
+        full = EncoderDecoderConfig.from_encoder_decoder_configs(
+            config_from_dict(spec.encoder_config), config_from_dict(spec.decoder_config)
+        )
+        model = EncoderDecoderModel(config=full)
+        set_special_tokens(model, tokenizer, spec.encoder_source)
+        return model, None
+
+    # --- running ------------------------------------------------------------------------------
+    @classmethod
+    def encoder(cls, student: Student) -> nn.Module:
+        return student.backbone.encoder if student.spec.decoder_config else student.backbone
+
+    @classmethod
+    def _encoder_outputs(cls, student: Student, task: str, input_ids, attention_mask):
+        """What the decoder cross-attends to: shared (+ private) states, and them apart."""
+        from transformers.modeling_outputs import BaseModelOutput
+
+        shared, private = student.features(task, input_ids, attention_mask, None)
+        states = shared if private is None else shared + private
+        return BaseModelOutput(last_hidden_state=states), shared, private
+
+    @classmethod
+    def logits(cls, student, task, input_ids, attention_mask, target_ids, prompt) -> dict[str, torch.Tensor]:
+        config = student.backbone.config
+        decoder_input_ids, decoder_mask = decoder_inputs(
+            target_ids, config.decoder_start_token_id, config.pad_token_id
+        )
+        encoded, shared, private = cls._encoder_outputs(student, task, input_ids, attention_mask)
+        out = student.backbone(
+            encoder_outputs=encoded,
+            attention_mask=attention_mask,
+            decoder_input_ids=decoder_input_ids,
+            decoder_attention_mask=decoder_mask,
+        )
+        return {"logits": out.logits, **student.aux_losses(task, shared, private, attention_mask)}
+
+    @classmethod
+    def generate(
+        cls, student, task, input_ids, attention_mask, max_new_tokens, decoding, prompt
+    ) -> torch.Tensor:
+        encoded, _, _ = cls._encoder_outputs(student, task, input_ids, attention_mask)
+        return student.backbone.generate(
+            encoder_outputs=encoded, attention_mask=attention_mask, max_new_tokens=max_new_tokens, **decoding
+        )

@@ -72,6 +72,10 @@ class CachedTeacher:
         self.min_label_mass = min_label_mass
         self.hits = 0
         self.calls = 0
+        """Answers the backend returned, stored or not: what the asking cost. An item the backend
+        itself could not answer (``{"error": …}``) is a failure, not an answer."""
+        self.stored = 0
+        """Of ``calls``, those that passed ``check_answer`` and went into the cache."""
         self.failures: dict[str, str] = {}
         """Cache key → why the backend could not answer it."""
 
@@ -112,13 +116,14 @@ class CachedTeacher:
         if order:
             for i, answer in ask([todo[k] for k in order]):
                 key = order[i]
+                self.calls += not (isinstance(answer, dict) and "error" in answer)
                 reason = check_answer(kind, answer, n_labels, self.min_label_mass)
                 if reason:
                     failed[key] = reason
                     continue
                 self.cache.put_many({key: answer})
                 found[key] = answer
-                self.calls += 1
+                self.stored += 1
                 if progress:
                     progress(copies[key])
         for key in order:

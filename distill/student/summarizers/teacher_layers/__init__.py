@@ -4,17 +4,31 @@ zero-initialised bridge (decoder.py)."""
 
 from __future__ import annotations
 
-from typing import ClassVar
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import torch
+from torch import nn
 
 from distill.core.config import PipelineConfig
 from distill.core.errors import ConfigError
+from distill.student.sharing import mean_pool
+from distill.student.summarizers.base import Parts, Summarizer, config_from_dict
+
+if TYPE_CHECKING:
+    from distill.core.config import StudentConfig
+    from distill.student.model import Student, StudentSpec
+
+DECODER_TOKENIZER = "decoder_tokenizer"
+"""Subfolder of a teacher-layers student: the teacher's tokenizer its decoder reads and writes."""
 
 
-class TeacherLayers:
+class TeacherLayers(Summarizer):
     name: ClassVar[str] = "teacher_layers"
     sharing: ClassVar[tuple[str, ...]] = ("hard",)
     """The train.student.sharing modes it supports: it reads the shared encoder through its
     bridge only."""
+    exporter: ClassVar[str] = "causal_lm"
 
     @classmethod
     def check_pipeline(cls, cfg: PipelineConfig) -> None:
@@ -43,3 +57,85 @@ class TeacherLayers:
                     f"train.token_kd_weight: the decoder ({student.decoder_source!r}) must have the "
                     f"teacher's own vocabulary ({vocabulary!r}) to learn its per-token distributions"
                 )
+
+    # --- building -----------------------------------------------------------------------------
+    @classmethod
+    def pretrained(cls, path: str, tokenizer: Any, cfg: StudentConfig, writes: bool) -> nn.Module:
+        from transformers import AutoModel
+
+        return AutoModel.from_pretrained(path)
+
+    @classmethod
+    def build(
+        cls,
+        cfg: StudentConfig,
+        backbone: nn.Module,
+        rows: list[tuple[str, dict[str, Any]]],
+        extra_text: list[str],
+    ) -> Parts:
+        from distill.student.summarizers.teacher_layers.decoder import cut_teacher
+
+        summarizer, codec, layers = cut_teacher(cfg, rows, backbone.config.hidden_size, extra_text)
+        fields = {
+            "encoder_config": backbone.config.to_dict(),
+            "decoder_config": summarizer.lm.config.to_dict(),
+            "decoder_source": cfg.decoder_source,
+            "decoder_layers": layers,
+            "bridge": cfg.bridge,
+        }
+        return Parts(backbone, summarizer, codec, fields)
+
+    @classmethod
+    def from_spec(cls, spec: StudentSpec, tokenizer: Any) -> tuple[nn.Module, nn.Module]:
+        from transformers import AutoModel
+
+        from distill.student.summarizers.teacher_layers.decoder import CausalSummarizer
+
+        assert spec.decoder_config is not None
+        backbone = AutoModel.from_config(config_from_dict(spec.encoder_config))
+        hidden = spec.encoder_config["hidden_size"]
+        return backbone, CausalSummarizer(config_from_dict(spec.decoder_config), hidden, spec.bridge)
+
+    @classmethod
+    def save_extra(cls, folder: Path, codec: Any) -> None:
+        if codec is not None:
+            codec.tokenizer.save_pretrained(folder / DECODER_TOKENIZER)
+
+    @classmethod
+    def load_codec(cls, folder: Path, summarizer: nn.Module | None) -> Any:
+        from transformers import AutoTokenizer
+
+        from distill.student.summarizers.teacher_layers.decoder import codec_for
+
+        return codec_for(AutoTokenizer.from_pretrained(folder / DECODER_TOKENIZER), summarizer)
+
+    # --- running ------------------------------------------------------------------------------
+    @classmethod
+    def encoder(cls, student: Student) -> nn.Module:
+        return student.backbone
+
+    @classmethod
+    def _pooled(cls, student: Student, task: str, input_ids, attention_mask) -> torch.Tensor:
+        """(batch, hidden) mean-pooled shared states: what the bridge reads."""
+        shared, _ = student.features(task, input_ids, attention_mask, None)
+        return mean_pool(shared, attention_mask)
+
+    @classmethod
+    def logits(cls, student, task, input_ids, attention_mask, target_ids, prompt) -> dict[str, torch.Tensor]:
+        pooled = cls._pooled(student, task, input_ids, attention_mask)
+        ids, mask = prompt["decoder_prompt_ids"], prompt["decoder_prompt_mask"]
+        return {"logits": student.summarizer(ids, mask, pooled, target_ids)}
+
+    @classmethod
+    def generate(
+        cls, student, task, input_ids, attention_mask, max_new_tokens, decoding, prompt
+    ) -> torch.Tensor:
+        assert prompt is not None, "a teacher-layers summarizer reads the decoder prompt"
+        return student.summarizer.generate(
+            prompt["decoder_prompt_ids"],
+            prompt["decoder_prompt_mask"],
+            cls._pooled(student, task, input_ids, attention_mask),
+            max_new_tokens,
+            student.codec.stop_student_ids,
+            **decoding,
+        )

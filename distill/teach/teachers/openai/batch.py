@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 from distill.core.errors import DistillError
 from distill.teach.prompts import Prompt
 from distill.teach.teachers.answers import ItemFailed, NoLogprobs, parse_label
+from distill.teach.teachers.openai.labels import label_body, summary_body
 
 if TYPE_CHECKING:
     from distill.teach.teachers.openai.client import APITeacher
@@ -30,8 +31,8 @@ def run_batch(
     teacher: APITeacher, kind: str, prompts: Sequence[Prompt], verbalizers: Sequence[str]
 ) -> Iterator[tuple[int, dict[str, Any]]]:
     folder = (teacher.state_dir or Path(".")) / "batches"
-    make = teacher.label_body if kind == "label" else teacher.summary_body
-    bodies = [make(p) for p in prompts]
+    make = label_body if kind == "label" else summary_body
+    bodies = [make(teacher.cfg, p) for p in prompts]
     where: dict[str, list[int]] = {}  # custom_id → prompt indices (identical requests are asked once)
     for i, body in enumerate(bodies):
         custom_id = hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()[:32]

@@ -1,4 +1,4 @@
-"""Any OpenAI-compatible endpoint as the teacher (OpenAI, vLLM, llama.cpp, Ollama).
+"""Any OpenAI-compatible endpoint as the teacher (OpenAI, vLLM, llama.cpp, Ollama): the sending.
 
 Soft labels come from the answer token's ``top_logprobs``: every listed token that spells
 the start of a label's verbalizer (any case, with or without a leading space) adds its
@@ -6,7 +6,13 @@ probability to that label; the sum is renormalised over the labels and the mass 
 fell elsewhere is recorded. Endpoints that return no logprobs get the configured
 fallback. Requests run on an asyncio loop in a helper thread (bounded concurrency,
 client-side rate limits, retries with backoff), and each answer is handed back the
-moment it exists so the cache can keep it.
+moment it exists so the cache can keep it. What is asked and how a reply becomes an answer
+lives in labels.py.
+
+A dead endpoint fails fast: one probe before the first item (GET /models, or a one-token
+request where that is not served), and once ``max_consecutive_failures`` requests in a row got
+no answer at all the teacher sends nothing more; every item not yet asked comes back as
+``{"error": "not asked: the endpoint at … stopped answering (…)"}``.
 
 With ``summary_top_k`` a summary also carries the teacher's tokens and its top-k
 log-probabilities at each, from the answer's ``logprobs.content``: each token's bytes are mapped
@@ -18,11 +24,12 @@ learns to end a summary from the hard target alone.
 from __future__ import annotations
 
 import asyncio
-import email.utils
+import contextlib
 import json
 import os
 import queue
 import random
+import sys
 import threading
 import time
 from collections.abc import Awaitable, Callable, Iterator, Sequence
@@ -33,61 +40,27 @@ from distill.core.config import TeacherConfig
 from distill.core.errors import DistillError
 from distill.core.manifest import latency_percentiles
 from distill.teach.prompts import Prompt
-from distill.teach.teachers.answers import (
-    ItemFailed,
-    Malformed,
-    NoLogprobs,
-    continuation_logprob,
-    distribution_from_samples,
-    distribution_from_scores,
-    is_byte_level,
-    parse_label,
-    parse_summary,
-    token_byte_ids,
+from distill.teach.teachers.answers import ItemFailed, Malformed, parse_summary
+from distill.teach.teachers.openai.labels import (
+    CHARS_PER_TOKEN,
+    LABEL_MAX_TOKENS,
+    LABEL_PARSER_VERSION,
+    ask_label,
+    ask_summary,
+    load_token_vocabulary,
 )
+from distill.teach.teachers.openai.pacing import RateLimiter
+from distill.teach.teachers.openai.pacing import retry_after as retry_after_s
 
-LABEL_MAX_TOKENS = 3
-"""Answer tokens asked for a label: the first one that is not blank or 'Answer' is read."""
-LABEL_PARSER_VERSION = 2
-"""Part of every cache key: a change to how answers become distributions re-asks."""
-CHARS_PER_TOKEN = 4
 BACKOFF_BASE_S = 0.5
 BACKOFF_CAP_S = 30.0
 _DONE = object()
+MODELS_NOT_SERVED = (404, 405, 501)
+"""Answers to GET /models that mean "no such route": the probe asks for one token instead."""
 
 
-class RateLimiter:
-    """Token buckets for requests/min and tokens/min, refilled continuously; a bucket holds
-    at most 5 seconds' worth, so the limit is never exceeded in bursts."""
-
-    def __init__(self, requests_per_minute: float | None, tokens_per_minute: float | None):
-        self.limits = [
-            (r / 60.0, max(1.0, r / 12.0)) if r else None for r in (requests_per_minute, tokens_per_minute)
-        ]
-        self.level = [lim[1] if lim else 0.0 for lim in self.limits]
-        self.stamp = time.monotonic()
-        self.lock = asyncio.Lock()
-
-    async def acquire(self, tokens: float) -> None:
-        async with self.lock:  # first come, first served
-            for i, need in enumerate((1.0, tokens)):
-                if self.limits[i] is None:
-                    continue
-                rate, capacity = self.limits[i]
-                need = min(need, capacity)
-                while True:
-                    now = time.monotonic()
-                    self._refill(now)
-                    if self.level[i] >= need:
-                        self.level[i] -= need
-                        break
-                    await asyncio.sleep((need - self.level[i]) / rate)
-
-    def _refill(self, now: float) -> None:
-        for i, lim in enumerate(self.limits):
-            if lim:
-                self.level[i] = min(lim[1], self.level[i] + (now - self.stamp) * lim[0])
-        self.stamp = now
+class EndpointDown(ItemFailed):
+    """The endpoint stopped answering: this item fails, and no further request is sent."""
 
 
 class APITeacher:
@@ -112,10 +85,14 @@ class APITeacher:
         self._key = os.environ.get(cfg.api_key_env, "")
         if not self._key and cfg.base_url is None:
             raise DistillError(f"teach.teacher.api_key_env: ${cfg.api_key_env} is not set")
-        endpoint = (cfg.base_url or "https://api.openai.com/v1").rstrip("/")
-        self.id = f"openai:{endpoint}:{cfg.model}"
-        self.counts = {"requests": 0, "retries": 0, "input_tokens": 0, "output_tokens": 0}
+        self.endpoint = (cfg.base_url or "https://api.openai.com/v1").rstrip("/")
+        self.id = f"openai:{self.endpoint}:{cfg.model}"
+        self.counts = {"requests": 0, "retries": 0, "input_tokens": 0, "output_tokens": 0, "probes": 0}
         self.latencies_ms: list[float] = []
+        self.down: str | None = None
+        """Why the endpoint is taken for dead (nothing more is sent), or None."""
+        self._probed = False
+        self._silent = 0  # requests in a row that got no answer at all
         self._pause_until = 0.0
         self._limiter: RateLimiter | None = None
         self._vocabulary: dict[bytes, int] | None = None
@@ -151,81 +128,38 @@ class APITeacher:
     def label_distribution(
         self, prompts: Sequence[Prompt], verbalizers: Sequence[str]
     ) -> Iterator[tuple[int, dict[str, Any]]]:
+        if self.check_endpoint():
+            return self._not_asked(prompts)
         if self.cfg.mode == "batch":
             from distill.teach.teachers.openai.batch import run_batch
 
             return run_batch(self, "label", prompts, verbalizers)
-        return self._stream(prompts, lambda client, p: self._label(client, p, verbalizers))
+        return self._stream(prompts, lambda client, p: ask_label(self, client, p, verbalizers))
 
     def summarize(self, prompts: Sequence[Prompt]) -> Iterator[tuple[int, dict[str, Any]]]:
         self.token_vocabulary()  # a tokenizer that cannot load fails the run before any request
+        if self.check_endpoint():
+            return self._not_asked(prompts)
         if self.cfg.mode == "batch":
             from distill.teach.teachers.openai.batch import run_batch
 
             return run_batch(self, "summary", prompts, [])
-        return self._stream(prompts, self._summary)
+        return self._stream(prompts, lambda client, p: ask_summary(self, client, p))
 
-    # -- requests ------------------------------------------------------------------------
-    def messages(self, prompt: Prompt) -> list[dict[str, str]]:
-        """The user turn, its input shortened to fit max_input_tokens (at 4 characters a token)."""
-        budget = self.cfg.max_input_tokens * CHARS_PER_TOKEN - len(prompt.head) - len(prompt.tail)
-        if budget < 64:
-            raise DistillError(
-                f"teacher.max_input_tokens {self.cfg.max_input_tokens} leaves no room for the input "
-                "after the instruction; raise it or use fewer shots"
-            )
-        return [{"role": "user", "content": prompt.head + prompt.body[:budget] + prompt.tail}]
-
-    def label_body(self, prompt: Prompt) -> dict[str, Any]:
-        return {
-            "model": self.cfg.model,
-            "messages": self.messages(prompt),
-            "max_tokens": LABEL_MAX_TOKENS,
-            "temperature": 0.0,
-            "logprobs": True,
-            "top_logprobs": self.cfg.top_logprobs,
-        }
-
-    def summary_body(self, prompt: Prompt) -> dict[str, Any]:
-        body: dict[str, Any] = {
-            "model": self.cfg.model,
-            "messages": self.messages(prompt),
-            "max_tokens": self.cfg.max_new_tokens,
-            "temperature": 0.0,
-        }
-        if self.cfg.summary_top_k:
-            body |= {"logprobs": True, "top_logprobs": self.cfg.summary_top_k}
-        return body
-
+    # -- answers -------------------------------------------------------------------------
     def token_vocabulary(self) -> dict[bytes, int] | None:
-        """teacher.tokenizer's id for each token's bytes (``token_byte_ids``), built once; None
-        without summary_top_k."""
+        """teacher.tokenizer's id for each token's bytes, built once; None without summary_top_k."""
         if not self.cfg.summary_top_k:
             return None
         if self._vocabulary is None:
-            from transformers import AutoTokenizer
-
-            from distill.core.assets import resolve_teacher
-
-            name = self.cfg.tokenizer or ""
-            try:
-                tokenizer = AutoTokenizer.from_pretrained(resolve_teacher(name))
-            except (OSError, ValueError) as e:
-                raise DistillError(f"teacher.tokenizer {name!r}: cannot load ({e})") from None
-            tokens = tokenizer.convert_ids_to_tokens(list(range(len(tokenizer))))
-            added = {i: t.content for i, t in tokenizer.added_tokens_decoder.items()}
-            self._vocabulary = token_byte_ids(tokens, added, is_byte_level(tokenizer))
+            self._vocabulary = load_token_vocabulary(self.cfg)
         return self._vocabulary
 
     def parse_summary(self, response: dict[str, Any]) -> dict[str, Any]:
         """The summary answer, with its tokens when summary_top_k asks them (online and batch alike)."""
         return parse_summary(response, self.token_vocabulary(), self.cfg.summary_top_k)
 
-    @staticmethod
-    def estimated_tokens(body: dict[str, Any]) -> float:
-        """Prompt at 4 characters a token plus the answer's limit: what the tokens/min bucket charges."""
-        return len(body["messages"][0]["content"]) / CHARS_PER_TOKEN + body["max_tokens"]
-
+    # -- accounting ----------------------------------------------------------------------
     def cost(self) -> float:
         if self.cfg.price_input_per_mtok is None or self.cfg.price_output_per_mtok is None:
             return 0.0
@@ -252,12 +186,101 @@ class APITeacher:
     def redact(self, text: str) -> str:
         return text.replace(self._key, "***") if len(self._key) >= 4 else text
 
+    # -- is anyone there -----------------------------------------------------------------
+    def check_endpoint(self) -> str | None:
+        """Why nothing may be sent (the endpoint is down), or None. The first call probes it:
+        without a probe a dead endpoint costs every item all its retries and backoff."""
+        if not self._probed and self.down is None:
+            self._probed = True
+            reason = self.probe()
+            if reason:
+                self._give_up(f"the endpoint at {self.endpoint} does not answer ({reason})")
+        return self.down
+
+    def probe(self) -> str | None:
+        """Why the endpoint gives no answer at all, or None: GET {base_url}/models, or where
+        that route is not served, a one-token chat request; one try each, no retries."""
+        import openai
+
+        client = openai.OpenAI(
+            api_key=self._key or "unused",
+            base_url=self.cfg.base_url,
+            timeout=self.cfg.timeout_s,
+            max_retries=0,
+        )
+        hello = [{"role": "user", "content": "Hi"}]
+        asks = (
+            ("models", client.models.with_raw_response.list),
+            (
+                "chat",
+                lambda: client.chat.completions.with_raw_response.create(
+                    model=self.cfg.model, messages=hello, max_tokens=1
+                ),
+            ),
+        )
+        with client:
+            for route, ask in asks:
+                self.counts["probes"] += 1
+                try:
+                    response = ask()
+                except openai.APIStatusError as e:
+                    if route == "models" and e.status_code in MODELS_NOT_SERVED:
+                        continue
+                    self._refuse(e.status_code)
+                    return None  # it answers; the items' own retries deal with the rest
+                except openai.APIConnectionError as e:
+                    return self._no_answer(e)
+                with contextlib.suppress(ValueError, AttributeError):  # any reply at all is an answer
+                    self.account(json.loads(response.content).get("usage"), requests=0)
+                return None
+        return None
+
+    def _refuse(self, status: int) -> None:
+        """Statuses that no retry can change end the whole run."""
+        if status in (401, 403):
+            raise DistillError(f"teacher endpoint {self.id}: HTTP {status}: check ${self.cfg.api_key_env}")
+        if status == 404:
+            raise DistillError(f"teacher endpoint {self.id}: HTTP 404 (no such model)")
+
+    def _no_answer(self, e: Exception) -> str:
+        """A connection that failed or a request that timed out, said with its cause."""
+        import openai
+
+        if isinstance(e, openai.APITimeoutError):
+            return f"timed out after {self.cfg.timeout_s} s"
+        return self.redact(f"connection failed: {e.__cause__ or e}")
+
+    def _silence(self, error: str) -> None:
+        """One more request in a row without an answer; at max_consecutive_failures the endpoint
+        is taken for dead and this item, like every one after it, fails at once."""
+        self._silent += 1
+        if self.down is None and self._silent >= self.cfg.max_consecutive_failures:
+            self._give_up(
+                f"the endpoint at {self.endpoint} stopped answering ({error}; "
+                f"{self._silent} requests in a row got no answer)"
+            )
+        if self.down is not None:
+            raise EndpointDown(self.down)
+
+    def _give_up(self, reason: str) -> None:
+        from tqdm import tqdm
+
+        self.down = self.redact(reason)
+        # tqdm.write: a line of its own, not glued to a progress bar
+        tqdm.write(f"teach: error: {self.down}; nothing more is sent to it", file=sys.stderr)
+
+    def _not_asked(self, prompts: Sequence[Prompt]) -> Iterator[tuple[int, dict[str, Any]]]:
+        return iter([(i, {"error": f"not asked: {self.down}"}) for i in range(len(prompts))])
+
+    # -- one request ---------------------------------------------------------------------
     async def _call(self, send: Callable[[], Awaitable[Any]], tokens: float) -> dict[str, Any]:
         """One request (``send`` returns the raw response) with retries for 429, 5xx, timeouts and
         dropped connections; returns the JSON body."""
         import openai
 
         for attempt in range(self.cfg.max_retries + 1):
+            if self.down is not None:
+                raise EndpointDown(self.down)
             reason = self.budget_left()
             if reason:
                 raise ItemFailed(reason)
@@ -269,27 +292,22 @@ class APITeacher:
             try:
                 response = await send()
             except openai.APIStatusError as e:
+                self._silent = 0
                 self.account(None)
                 status = e.status_code
-                if status in (401, 403):
-                    raise DistillError(
-                        f"teacher endpoint {self.id}: HTTP {status}: check ${self.cfg.api_key_env}"
-                    ) from None
-                if status == 404:
-                    raise DistillError(f"teacher endpoint {self.id}: HTTP 404 (no such model)") from None
+                self._refuse(status)
                 if status != 429 and status < 500 and status != 408:
                     raise ItemFailed(self.redact(f"HTTP {status}: {e.message}")) from None
                 error = f"HTTP {status}"
-                retry_after = _retry_after(e.response.headers)
+                retry_after = retry_after_s(e.response.headers)
                 if status == 429 and retry_after:
                     self._pause_until = max(self._pause_until, time.monotonic() + retry_after)
-            except openai.APITimeoutError:
+            except openai.APIConnectionError as e:  # timeouts too
                 self.account(None)
-                error = f"timed out after {self.cfg.timeout_s} s"
-            except openai.APIConnectionError as e:
-                self.account(None)
-                error = self.redact(f"connection failed: {e}")
+                error = self._no_answer(e)
+                self._silence(error)
             else:
+                self._silent = 0
                 self.latencies_ms.append((time.perf_counter() - start) * 1000)
                 try:  # our own parse: no pydantic model per answer, and any non-JSON body is one error
                     body = json.loads(response.content)
@@ -306,87 +324,6 @@ class APITeacher:
             backoff = random.uniform(0, min(BACKOFF_CAP_S, BACKOFF_BASE_S * 2**attempt))
             await asyncio.sleep(retry_after if retry_after is not None else backoff)
         raise AssertionError("unreachable")
-
-    async def _retry_malformed(self, ask: Callable[[], Awaitable[dict[str, Any]]]) -> dict[str, Any]:
-        for attempt in range(self.cfg.malformed_retries + 1):
-            try:
-                return await ask()
-            except Malformed as e:
-                if attempt == self.cfg.malformed_retries:
-                    raise Malformed(f"{e} (after {attempt + 1} attempts)") from None
-                self.counts["retries"] += 1
-        raise AssertionError("unreachable")
-
-    async def _label(self, client: Any, prompt: Prompt, verbalizers: Sequence[str]) -> dict[str, Any]:
-        body = self.label_body(prompt)
-        tokens = self.estimated_tokens(body)
-        chat = client.chat.completions.with_raw_response  # JSON parsed by _call, not into pydantic models
-
-        async def ask() -> dict[str, Any]:
-            response = await self._call(lambda: chat.create(**body), tokens)
-            try:
-                answer = parse_label(response, verbalizers)
-            except NoLogprobs:
-                why = "the endpoint returned no logprobs"
-            else:
-                if answer["label_mass"] >= self.cfg.min_label_mass:
-                    return answer
-                # A greedy re-ask would repeat the same off-label answer; only the fallback can help.
-                why = f"label mass {answer['label_mass']:.3f} < min_label_mass {self.cfg.min_label_mass}"
-            if self.cfg.no_logprobs == "samples":
-                # The samples' own label mass is checked with every answer (check_answer).
-                try:
-                    return await self._label_by_samples(client, body, verbalizers, tokens)
-                except Malformed as e:
-                    raise Malformed(f"{why}; then {e}") from None
-            if self.cfg.no_logprobs == "score_labels":
-                return await self._label_by_scores(client, prompt, verbalizers, tokens)
-            raise ItemFailed(f"{why} (teacher.no_logprobs: fail)")
-
-        return await self._retry_malformed(ask)
-
-    async def _label_by_samples(
-        self, client: Any, body: dict[str, Any], verbalizers: Sequence[str], tokens: float
-    ) -> dict[str, Any]:
-        """Sample answers at temperature 1; endpoints that ignore ``n`` are asked again."""
-        sample = {k: v for k, v in body.items() if k not in ("logprobs", "top_logprobs", "temperature")}
-        chat = client.chat.completions.with_raw_response
-        texts: list[str] = []
-        for _ in range(self.cfg.samples):
-            want = self.cfg.samples - len(texts)
-            response = await self._call(lambda w=want: chat.create(**sample, temperature=1.0, n=w), tokens)
-            texts += [c["message"]["content"] or "" for c in response["choices"]][:want]
-            if len(texts) >= self.cfg.samples:
-                break
-        return distribution_from_samples(texts, verbalizers)
-
-    async def _label_by_scores(
-        self, client: Any, prompt: Prompt, verbalizers: Sequence[str], tokens: float
-    ) -> dict[str, Any]:
-        """One /completions request per label: log P(verbalizer | prompt) from the echoed prompt."""
-        context = self.messages(prompt)[0]["content"] + "\n\n" + (prompt.assistant_prefix or "Answer:")
-        scores = []
-        for word in verbalizers:
-            text = f"{context} {word}"
-            response = await self._call(
-                lambda t=text: client.completions.with_raw_response.create(
-                    model=self.cfg.model, prompt=t, echo=True, max_tokens=1, logprobs=1, temperature=0.0
-                ),
-                tokens,
-            )
-            scores.append(continuation_logprob(response, len(context)))
-        return distribution_from_scores(scores)
-
-    async def _summary(self, client: Any, prompt: Prompt) -> dict[str, Any]:
-        body = self.summary_body(prompt)
-        tokens = self.estimated_tokens(body)
-        chat = client.chat.completions.with_raw_response
-
-        async def ask() -> dict[str, Any]:
-            response = await self._call(lambda: chat.create(**body), tokens)
-            return self.parse_summary(response)
-
-        return await self._retry_malformed(ask)
 
     # -- the loop in its thread ----------------------------------------------------------
     def client(self, asynchronous: bool = True) -> Any:
@@ -416,6 +353,9 @@ class APITeacher:
                     for i in todo:  # one iterator shared by all workers: each item is taken once
                         if stop.is_set():
                             return
+                        if self.down is not None:  # the rest are listed, never sent
+                            results.put((i, {"error": f"not asked: {self.down}"}))
+                            continue
                         try:
                             answer = await answer_one(client, prompts[i])
                         except ItemFailed as e:
@@ -440,21 +380,3 @@ class APITeacher:
                 yield item
         finally:
             stop.set()  # a caller that stops early (Ctrl-C, fatal error) sends nothing new
-
-
-def _retry_after(headers: Any) -> float | None:
-    """Seconds from ``retry-after-ms``, or ``retry-after`` in seconds or as an HTTP date."""
-    for name, scale in (("retry-after-ms", 1000.0), ("retry-after", 1.0)):
-        value = headers.get(name)
-        if value is None:
-            continue
-        try:
-            return min(max(float(value) / scale, 0.0), 600.0)
-        except ValueError:
-            try:
-                return min(
-                    max(email.utils.parsedate_to_datetime(value).timestamp() - time.time(), 0.0), 600.0
-                )
-            except (TypeError, ValueError):
-                return None
-    return None
