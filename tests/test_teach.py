@@ -147,5 +147,8 @@ def test_local_teacher_answers_below_min_label_mass_fail(pipeline):
     failed = failed_items(cfg)
     assert not summary["complete"] and len(failed) == 32 + 10
     assert all(f["reason"].startswith("label mass 0.0") for f in failed)
+    # the 42 refused answers were still asked for and paid: counted as calls, not as stored
+    cache = summary["cache"]
+    assert cache["teacher_calls"] == cache["stored"] + 42 and cache["stored"] > 0
     assert not output_path(cfg, "reviews", "train").exists()
     assert output_path(cfg, "papers", "train").exists()  # summaries are not label answers

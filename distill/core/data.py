@@ -69,6 +69,10 @@ def read_rows(source: str, split: str, task_name: str) -> list[dict[str, Any]]:
     if not path.is_file():
         raise DistillError(f"task {task_name}: {split} data file {source} not found")
     builder = {".jsonl": "json", ".json": "json", ".csv": "csv", ".parquet": "parquet"}[path.suffix]
+    if path.suffix == ".jsonl":
+        # read here, not by datasets: its errors name neither file nor line, and it fills a field
+        # a row lacks with None, so "missing" could not be told from "empty"
+        return jsonl_rows(path, f"task {task_name}")
     try:
         ds = datasets.load_dataset(builder, data_files=str(path), split="train")
     except Exception as e:  # noqa: BLE001
@@ -76,12 +80,41 @@ def read_rows(source: str, split: str, task_name: str) -> list[dict[str, Any]]:
     return list(ds)
 
 
+def jsonl_rows(path: Path, where: str) -> list[dict[str, Any]]:
+    """The rows of a JSONL data file: each non-blank line one JSON object, else an error naming
+    the file and the line."""
+    rows = []
+    try:
+        with path.open(encoding="utf-8") as f:
+            for number, line in enumerate(f, 1):
+                if not line.strip():
+                    continue
+                try:
+                    value = json.loads(line)
+                except json.JSONDecodeError as e:
+                    raise DistillError(
+                        f"{where}: {path} line {number} is not JSON ({e.msg}, column {e.colno})"
+                    ) from None
+                if not isinstance(value, dict):
+                    raise DistillError(
+                        f"{where}: {path} line {number} is a JSON {type(value).__name__}, not an object"
+                    )
+                rows.append(value)
+    except UnicodeDecodeError as e:
+        raise DistillError(f"{where}: {path} is not UTF-8 text ({e.reason} at byte {e.start})") from None
+    return rows
+
+
 def text_field(row: dict[str, Any], key: str, where: str, index: int, max_chars: int) -> str:
     """A row's non-empty text field, at most ``max_chars`` long; an error names the row otherwise."""
     if key not in row:
         raise DistillError(f"{where}: row {index} has no field {key!r} (fields: {', '.join(row)})")
     value = row[key]
-    if not isinstance(value, str) or not value.strip():
+    if value is None:
+        raise DistillError(f"{where}: row {index} field {key!r} is null")
+    if not isinstance(value, str):
+        raise DistillError(f"{where}: row {index} field {key!r} is a {type(value).__name__}, not text")
+    if not value.strip():
         raise DistillError(f"{where}: row {index} field {key!r} is empty")
     if len(value) > max_chars:
         raise DistillError(
@@ -103,5 +136,14 @@ def write_jsonl(path: Path, rows: list[dict[str, Any]]) -> None:
 def read_jsonl(path: Path) -> list[dict[str, Any]]:
     if not path.is_file():
         raise DistillError(f"{path} not found (run the stage that writes it first)")
+    rows = []
     with path.open() as f:
-        return [json.loads(line) for line in f if line.strip()]
+        for number, line in enumerate(f, 1):
+            if line.strip():
+                try:
+                    rows.append(json.loads(line))
+                except json.JSONDecodeError as e:
+                    raise DistillError(
+                        f"{path} line {number} is not JSON ({e.msg}); rerun the stage that writes it"
+                    ) from None
+    return rows

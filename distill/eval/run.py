@@ -107,6 +107,7 @@ def models_section(cfg: PipelineConfig, student: Student, student_dir: Path, spe
     return models
 
 
+@torch.no_grad()  # scoped: a global switch would leak into the caller's process
 def run(cfg: PipelineConfig) -> dict[str, Any]:
     timer = Timer()
     student_dir = cfg.path / "train" / "student"
@@ -116,7 +117,6 @@ def run(cfg: PipelineConfig) -> dict[str, Any]:
         provenance = student_provenance(cfg, student, student_dir)
         device = eval_device(ec.device)
         student.to(device)
-        torch.set_grad_enabled(False)
         test = {t.name: read_jsonl(output_path(cfg, t.name, ec.split)) for t in cfg.tasks}
     report: dict[str, Any] = {
         "split": ec.split,

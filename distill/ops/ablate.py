@@ -126,13 +126,12 @@ def train_and_score(cfg: PipelineConfig, tasks: list[Task], test: dict[str, list
     summary = train.run(cfg)
     train_s = time.perf_counter() - started
     student, tokenizer = load_student(cfg.path / "train" / "student")
-    torch.set_grad_enabled(False)
-    scores = {
-        t.name: {k: v.tolist() for k, v in t.row_scores(cfg, test[t.name], student, tokenizer).items()}
-        for t in tasks
-        if t.name in test
-    }
-    torch.set_grad_enabled(True)
+    with torch.no_grad():
+        scores = {
+            t.name: {k: v.tolist() for k, v in t.row_scores(cfg, test[t.name], student, tokenizer).items()}
+            for t in tasks
+            if t.name in test
+        }
     for heavy in ("student", "checkpoints"):  # ~90 MB per student; the scores are what is kept
         shutil.rmtree(cfg.path / "train" / heavy, ignore_errors=True)
     del student

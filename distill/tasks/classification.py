@@ -16,7 +16,7 @@ from distill.core.losses import IGNORE_INDEX, distillation_loss
 from distill.core.tensors import length_mask, pad
 from distill.eval.metrics.classification import classification_metrics, macro_f1
 from distill.tasks.base import Task, TimedCalls
-from distill.teach.calibration import CONTENT_FREE_INPUTS, calibrate, fit_temperature, nll
+from distill.teach.calibration import CONTENT_FREE_INPUTS, at_search_bound, calibrate, fit_temperature, nll
 from distill.teach.prompts import classification_prompt, few_shot_examples, template_version
 from distill.train.batches import TaskTensors
 
@@ -169,7 +169,7 @@ class Classification(Task):
         dists = calibrate(np.array([p[0] for p in pairs]), prior, None)
         gold = np.array([p[1] for p in pairs])
         tau = fit_temperature(dists, gold)
-        if not 0.051 < tau < 19.9:
+        if at_search_bound(tau):
             print(
                 f"teach: warning: task {self.name}: the fitted temperature {tau:.3g} "
                 "sits at the search bound: its answers say little about the gold labels",

@@ -30,7 +30,13 @@ def nll(dists: np.ndarray, gold: np.ndarray) -> float:
     return float(-np.log(np.clip(dists[np.arange(len(gold)), gold], _EPS, None)).mean())
 
 
-def fit_temperature(dists: np.ndarray, gold: np.ndarray, low: float = 0.05, high: float = 20.0) -> float:
+TEMPERATURE_RANGE = (0.05, 20.0)
+"""Where ``fit_temperature`` searches τ; ``at_search_bound`` reads the same bounds."""
+
+
+def fit_temperature(
+    dists: np.ndarray, gold: np.ndarray, low: float = TEMPERATURE_RANGE[0], high: float = TEMPERATURE_RANGE[1]
+) -> float:
     """τ minimising the NLL of ``gold`` (label indices), by golden-section search on log τ."""
     a, b = math.log(low), math.log(high)
     ratio = (math.sqrt(5) - 1) / 2
@@ -47,6 +53,15 @@ def fit_temperature(dists: np.ndarray, gold: np.ndarray, low: float = 0.05, high
             a, c = c, d
             d = a + ratio * (b - a)
     return math.exp((a + b) / 2)
+
+
+def at_search_bound(
+    tau: float, low: float = TEMPERATURE_RANGE[0], high: float = TEMPERATURE_RANGE[1]
+) -> bool:
+    """Whether a fitted τ is one of the search's bounds (the optimum lies at or past it). The
+    search's interval shrinks to ~1e-12 of its log width, so a τ this close to a bound is one."""
+    tolerance = 1e-6 * (math.log(high) - math.log(low))
+    return min(abs(math.log(tau) - math.log(low)), abs(math.log(high) - math.log(tau))) <= tolerance
 
 
 def calibrate(dists: np.ndarray, prior: list[float] | None, temperature: float | None) -> np.ndarray:

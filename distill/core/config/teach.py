@@ -133,7 +133,7 @@ class CalibrationConfig:
     """Post-hoc correction of the teacher's class distributions (applied to every split alike)."""
 
     prior: Literal["none", "content_free", "pool_mean"] = "none"
-    """Divide out a per-label prior: the teacher's answer to content-free inputs ("N/A", "", "[MASK]"),
+    """Divide out a per-label prior: the teacher's answer to content-free inputs ("N/A", "[MASK]", "None"),
     or its mean distribution over the train pool; then renormalise."""
     temperature: bool = False
     """Fit one temperature on `split`'s gold labels (minimum NLL) after the prior correction."""

@@ -149,13 +149,13 @@ def rescore(cfg: PipelineConfig, student_dir: Path, new_rows: dict[str, Any]) ->
 
     student, tokenizer = load_student(student_dir)
     student.to(eval_device(cfg.eval.device))
-    torch.set_grad_enabled(False)
     out = {}
     for task in tasks_for(cfg):
         if task.name not in new_rows or task.name not in student.spec.tasks:
             continue
         rows = read_jsonl(output_path(cfg, task.name, cfg.eval.split))
-        out[task.name] = row_record(task, rows, task.row_scores(cfg, rows, student, tokenizer))
+        with torch.no_grad():  # a scoped switch: this runs inside other processes' code (tests, run)
+            out[task.name] = row_record(task, rows, task.row_scores(cfg, rows, student, tokenizer))
     return out
 
 
