@@ -3,10 +3,10 @@ import json
 import numpy as np
 import pytest
 
-from distill.core.layout import output_path
-from distill.pipeline import load as load_pipeline
 from distill.core.config.loader import field_docs
 from distill.core.config.teach import CalibrationConfig
+from distill.core.layout import output_path
+from distill.pipeline import load as load_pipeline
 from distill.teach.calibration import (
     CONTENT_FREE_INPUTS,
     TEMPERATURE_RANGE,
