@@ -5,15 +5,17 @@ names (task kinds, weighting methods, summarizers, teacher backends). Every stag
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from distill.core.config import PipelineConfig, deepspeed_zero_stage, read_pipeline
+from distill.core.config.loader import build
 from distill.core.errors import ConfigError
 from distill.student.summarizers import summarizer_class
 from distill.tasks import task_for
 from distill.teach.teachers import backend_class
 from distill.train.weighting import weighting_class
 
-PLUGINS = {"weighting": weighting_class}
+PLUGINS = {"weighting": weighting_class, "teacher": backend_class}
 """The registries whose plugins' options the loader reads from their sections."""
 
 
@@ -27,11 +29,20 @@ def load(path: str | Path, overrides: list[str] | None = None) -> PipelineConfig
     return cfg
 
 
+def section(cls: type, data: dict[str, Any], where: str = "") -> Any:
+    """One config section built from plain data as the pipeline loader builds it, its plugin's
+    options included (a backend's, a weighting method's): for code and tests that need a
+    section without a whole pipeline."""
+    return build(cls, data, where, PLUGINS)
+
+
 def check(cfg: PipelineConfig) -> None:
     """The cross-section rules each plugin declares (its capability flags and checks)."""
     for task in cfg.tasks:
         task_for(task).check_pipeline(cfg)
-    backend_class(cfg.teach.teacher.backend).check_config(cfg.teach.teacher)
+    backend = backend_class(cfg.teach.teacher.backend)
+    backend.check_config(cfg.teach.teacher)
+    cfg.teacher_vocabulary = backend.vocabulary(cfg.teach.teacher)
     summarizer_class(cfg.train.student.summarizer).check_pipeline(cfg)
     _check_weighting(cfg)
 

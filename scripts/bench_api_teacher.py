@@ -22,6 +22,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from distill.core.config import TaskConfig, TeacherConfig  # noqa: E402
+from distill.pipeline import section  # noqa: E402
 from distill.teach.cache import AnswerCache  # noqa: E402
 from distill.teach.prompts import classification_prompt, template_version  # noqa: E402
 from distill.teach.teachers.cached import CachedTeacher  # noqa: E402
@@ -39,7 +40,8 @@ def prompts(n: int, tag: str) -> list:
 
 
 def run(url: str, concurrency: int, items: list, cache: AnswerCache) -> float:
-    cfg = TeacherConfig(backend="openai", base_url=url, model="loopback", concurrency=concurrency)
+    settings = {"backend": "openai", "base_url": url, "model": "loopback", "concurrency": concurrency}
+    cfg = section(TeacherConfig, settings, "teach.teacher")
     cached = CachedTeacher(APITeacher(cfg), cache)
     start = time.perf_counter()
     answers = cached.label_distribution(items, ["great", "other"], template_version(TASK))

@@ -18,6 +18,7 @@ import pytest
 from distill.core.layout import output_path
 from distill.ops.runs.records import EXIT_TEACHER
 from distill.pipeline import load as load_pipeline
+from distill.pipeline import section
 from distill.teach.run import failed_items
 from distill.teach.run import run as teach
 from distill.teach.teachers.answers import distribution_from_logprobs, match_label
@@ -379,7 +380,7 @@ def token_teacher(url: str, **overrides):
         "tokenizer": "smollm2-135m-instruct",
         **overrides,
     }
-    return APITeacher(TeacherConfig(**settings))
+    return APITeacher(section(TeacherConfig, settings))
 
 
 def summaries(teacher, *documents: str) -> list[dict]:

@@ -95,7 +95,9 @@ def test_overrides_are_typed_and_checked(tmp_path):
     path = _write(tmp_path, base())
     cfg = load_pipeline(path, ["train.epochs=5", "tasks.t.max_rows.train=3", "teach.teacher.batch_size=2"])
     assert (
-        cfg.train.epochs == 5 and cfg.tasks[0].max_rows == {"train": 3} and cfg.teach.teacher.batch_size == 2
+        cfg.train.epochs == 5
+        and cfg.tasks[0].max_rows == {"train": 3}
+        and cfg.teach.teacher.options.batch_size == 2
     )
     with pytest.raises(ConfigError, match=r"train\.nope: unknown key"):
         load_pipeline(path, ["train.nope=1"])
@@ -121,15 +123,27 @@ def test_fp16_on_cpu_is_refused(tmp_path):
     [
         (
             {"teacher": {"backend": "local", "mode": "batch"}},
-            r"teach\.teacher\.mode: batch needs backend: openai",
+            r"teach\.teacher\.mode: unknown key \(known: .*, and for this backend: batch_size, dtype",
         ),
         ({"teacher": {"backend": "openai", "max_cost": 5}}, r"teach\.teacher\.max_cost: needs price"),
         (
             {"teacher": {"backend": "openai", "top_logprobs": 50}},
             r"teach\.teacher\.top_logprobs: .* at most 20",
         ),
-        ({"teacher": {"backend": "vllm"}}, r"teach\.teacher\.backend: 'vllm' is not one of"),
-        ({"teacher": {"concurrency": 0}}, r"teach\.teacher\.concurrency: must be >= 1"),
+        (
+            {"teacher": {"backend": "vllm"}},
+            r"teach\.teacher\.backend: 'vllm' is not a teacher backend \(known: local, openai\)",
+        ),
+        ({"teacher": {"backend": "openai", "concurrency": 0}}, r"teach\.teacher\.concurrency: must be >= 1"),
+        ({"teacher": {"backend": "local", "batch_size": 0}}, r"teach\.teacher\.batch_size: must be >= 1"),
+        (
+            {"teacher": {"backend": "openai", "summary_top_k": 21, "tokenizer": "x"}},
+            r"teach\.teacher\.summary_top_k: an OpenAI-compatible endpoint lists at most 20",
+        ),
+        (
+            {"teacher": {"backend": "openai", "summary_top_k": 4}},
+            r"teach\.teacher\.summary_top_k with backend: openai needs teach\.teacher\.tokenizer",
+        ),
         (
             {"calibration": {"temperature": True}},
             r"teach\.calibration\.split: task t has no validation split",
@@ -154,11 +168,12 @@ def test_api_teacher_and_calibration_settings_are_checked(tmp_path, teach, messa
 def test_missing_api_key_is_named(monkeypatch):
     from distill.core.config import TeacherConfig
     from distill.core.errors import DistillError
+    from distill.pipeline import section
     from distill.teach.teachers.openai.client import APITeacher
 
     monkeypatch.delenv("NO_SUCH_KEY_VAR", raising=False)
     with pytest.raises(DistillError, match=r"\$NO_SUCH_KEY_VAR is not set"):
-        APITeacher(TeacherConfig(backend="openai", model="gpt-4o-mini", api_key_env="NO_SUCH_KEY_VAR"))
+        APITeacher(section(TeacherConfig, {"backend": "openai", "api_key_env": "NO_SUCH_KEY_VAR"}))
 
 
 @pytest.mark.parametrize("path", PIPELINES, ids=lambda p: p.name)

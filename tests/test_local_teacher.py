@@ -12,6 +12,7 @@ import torch
 
 from distill.core.config import TaskConfig, TeacherConfig
 from distill.core.errors import DistillError
+from distill.pipeline import section
 from distill.teach.prompts import classification_prompt, summary_prompt
 from distill.teach.teachers.answers import distribution_from_logprobs, label_token_groups
 from distill.teach.teachers.local import LocalTeacher, _shared_length, distribution_from_token_logprobs
@@ -73,7 +74,7 @@ def _prompts(n: int, seed: int = 0) -> tuple[TaskConfig, list]:
 
 def _teacher(path: str, chat_template: str | None, **cfg) -> LocalTeacher:
     settings = {"model": path, "device": "cpu", "batch_size": 4, "max_input_tokens": 96, **cfg}
-    teacher = LocalTeacher(TeacherConfig(**settings))
+    teacher = LocalTeacher(section(TeacherConfig, settings))
     teacher.tokenizer.chat_template = chat_template
     return teacher
 

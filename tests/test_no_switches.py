@@ -20,23 +20,23 @@ import pytest
 
 from distill.student.summarizers import SUMMARIZERS
 from distill.tasks import KINDS
+from distill.teach.teachers import BACKENDS
 
 REPO = Path(__file__).resolve().parents[1]
 PACKAGE = REPO / "distill"
-PLUGINS = ("distill/tasks/", "distill/student/summarizers/")
-"""Where a plugin's own details live: the kinds and summarizers may name themselves."""
-NAMES = frozenset(KINDS) | frozenset(SUMMARIZERS)
-"""Every registered kind and summarizer name (a new one is covered by registering it)."""
-SUBJECTS = ("kind", "summarizer", "labels")
+PLUGINS = ("distill/tasks/", "distill/student/summarizers/", "distill/teach/teachers/")
+"""Where a plugin's own details live: the kinds, summarizers and backends may name themselves."""
+NAMES = frozenset(KINDS) | frozenset(SUMMARIZERS) | frozenset(BACKENDS)
+"""Every registered kind, summarizer and teacher backend name (a new one is covered by
+registering it)."""
+SUBJECTS = ("kind", "summarizer", "labels", "backend")
 """Fields whose comparison with a literal is a switch on a plugin's details."""
 KNOWN = {
-    ("distill/core/config/pipeline.py", "student.summarizer == 'teacher_layers'"),
     ("distill/student/warmup.py", "student.summarizer is not None"),
 }
-"""Switches left for their owners (each one a follow-up, not a precedent): the pipeline config's
-``decoder_reads_teacher_tokens`` (the config layer cannot ask a summarizer: core may not import
-the student), and the warm-up's choice of objective (heal or denoise) by whether the student has
-a decoder beside its backbone, which belongs in the summarizers' classes."""
+"""Switches left for their owners (each one a follow-up, not a precedent): the warm-up's choice
+of objective (heal or denoise) by whether the student has a decoder beside its backbone, which
+belongs in the summarizers' classes."""
 
 
 def _is_literal(node: ast.AST) -> bool:

@@ -3,7 +3,6 @@ wall-clock budget (items/s batched, and single-item latency)."""
 
 from __future__ import annotations
 
-import dataclasses
 import itertools
 import time
 from collections.abc import Callable, Sequence
@@ -82,13 +81,15 @@ def measure_speed(
     an equal share of eval.speed_budget_s. A teacher whose backend is not ``timed_locally`` (an
     API: timing it would be paid for) is not timed here: its request latency and usage come
     from the teach manifest instead."""
-    from distill.teach.teachers import backend_class, load_teacher
+    from distill.teach.teachers import backend_class
 
     ec = cfg.eval
-    teacher = None
-    if backend_class(cfg.teach.teacher.backend).timed_locally:
-        same = dataclasses.replace(cfg.teach.teacher, batch_size=ec.speed_batch_size, device=device.type)
-        teacher = load_teacher(same)
+    backend = backend_class(cfg.teach.teacher.backend)
+    teacher = (
+        backend.for_timing(cfg.teach.teacher, ec.speed_batch_size, device.type)
+        if backend.timed_locally
+        else None
+    )
     pairs = len(cfg.tasks) * (2 if teacher else 1)  # (model, task) pairs sharing the budget
     speed: dict[str, Any] = {"student": {}, "teacher": {}}
     for task in tasks_for(cfg):

@@ -113,7 +113,7 @@ def _build_dataclass(cls: Any, value: Any, where: str, plugins: Plugins) -> Any:
     unknown = sorted(set(value) - set(fields))
     if unknown:
         known = ", ".join(fields)
-        if slot is not None and options is not None:
+        if slot is not None and options is not None and dataclasses.fields(options):
             known += (
                 ", and for this "
                 + slot.discriminator
@@ -139,6 +139,8 @@ def plain(obj: Any) -> Any:
         slot = plugin_slot(type(obj))
         data = {}
         for f in dataclasses.fields(obj):
+            if not f.init:  # derived by the loader's checks, not a key of the file
+                continue
             if slot is not None and f.name == slot.options:
                 data.update(plain(getattr(obj, f.name)) or {})
             else:
@@ -178,6 +180,8 @@ def described(obj: Any, where: str = "") -> Iterator[tuple[str, str, Any, str]]:
     docs = field_docs(type(obj))
     for f in dataclasses.fields(obj):
         value = getattr(obj, f.name)
+        if not f.init:
+            continue
         if slot is not None and f.name == slot.options:
             yield from described(value, where)
         elif dataclasses.is_dataclass(value):

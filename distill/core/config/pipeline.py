@@ -24,6 +24,13 @@ class PipelineConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     ablate: AblateConfig = field(default_factory=AblateConfig)
+    teacher_vocabulary: str | None = field(default=None, init=False)
+    """Derived, not a key: a local tokenizer with the teacher's own vocabulary, as its backend
+    answers (``Backend.vocabulary``; set by distill.pipeline.load)."""
+    decoder_reads_teacher_tokens: bool = field(default=False, init=False)
+    """Derived, not a key: whether the summarizer's vocabulary is the teacher's, so it learns
+    the teacher's own tokens; otherwise it re-tokenizes the teacher's text (set by the
+    summarizer's ``check_pipeline``, through distill.pipeline.load)."""
 
     def __post_init__(self) -> None:
         names = [t.name for t in self.tasks]
@@ -61,15 +68,6 @@ class PipelineConfig:
             )
         if self.train.validate_every and not any("validation" in t.data for t in self.tasks):
             raise ConfigError("train.validate_every: no task has a validation split in its data")
-
-    @property
-    def decoder_reads_teacher_tokens(self) -> bool:
-        """Whether the summarizer's vocabulary is the teacher's (decoder_source is the teacher, or
-        for an API teacher its teach.teacher.tokenizer): then it learns the teacher's own tokens;
-        otherwise it re-tokenizes the teacher's text."""
-        student, teacher = self.train.student, self.teach.teacher
-        vocabulary = teacher.model if teacher.backend == "local" else teacher.tokenizer
-        return student.summarizer == "teacher_layers" and student.decoder_source == vocabulary
 
     @property
     def path(self) -> Path:

@@ -48,8 +48,12 @@ class Backend(Protocol):
 
     name: str
     timed_locally: bool
-    """eval times it on its own device (a local model); False: it is paid per call, so eval
-    reports the teach run's request latency and usage instead."""
+    """eval times it on its own device (a local model: then the class also has
+    ``for_timing(cfg, batch_size, device)``, the teacher as eval times it); False: it is paid per
+    call, so eval reports the teach run's request latency and usage instead."""
+    Options: type
+    """Its own options dataclass: the keys of ``teach.teacher`` beside the shared ones, read by
+    the config loader when this backend is chosen."""
 
     @classmethod
     def from_config(cls, cfg: Any, state_dir: Any = None) -> Teacher: ...

@@ -17,18 +17,19 @@ Scoring runs only what the answer needs:
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 
 from distill.core.assets import resolve_teacher
 from distill.core.config import TeacherConfig
-from distill.core.errors import DistillError
+from distill.core.errors import ConfigError, DistillError
 from distill.teach.prompts import Prompt
 from distill.teach.teachers.answers import label_token_groups
 
@@ -94,9 +95,29 @@ class _Prefix:
     kv: list[tuple[torch.Tensor, torch.Tensor]]
 
 
+@dataclass
+class LocalOptions:
+    """The local backend's own options: keys of ``teach.teacher`` when ``backend: local``."""
+
+    batch_size: int = 8
+    """Prompts per forward pass."""
+    dtype: Literal["float32", "bfloat16"] = "float32"
+    """The teacher's weights and activations."""
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    """auto: cuda when there is one."""
+    prefix_cache: bool = True
+    """Run the prompt start every prompt of a call shares (template, instruction, shots) once
+    and reuse its KV cache for every batch. Same answers; off only to measure it."""
+
+    def __post_init__(self) -> None:
+        if self.batch_size < 1:
+            raise ConfigError("teach.teacher.batch_size: must be >= 1")
+
+
 class LocalTeacher:
     name = "local"
     timed_locally = True
+    Options = LocalOptions
 
     @classmethod
     def from_config(cls, cfg: TeacherConfig, state_dir: Path | None = None) -> LocalTeacher:
@@ -104,7 +125,15 @@ class LocalTeacher:
 
     @classmethod
     def check_config(cls, cfg: TeacherConfig) -> None:
-        pass
+        pass  # its options check themselves
+
+    @classmethod
+    def for_timing(cls, cfg: TeacherConfig, batch_size: int, device: str) -> LocalTeacher:
+        """The teacher on eval's device in eval's batches, for the speed comparison."""
+        opts = cfg.options if cfg.options is not None else LocalOptions()
+        return cls(
+            dataclasses.replace(cfg, options=dataclasses.replace(opts, batch_size=batch_size, device=device))
+        )
 
     @classmethod
     def vocabulary(cls, cfg: TeacherConfig) -> str | None:
@@ -114,12 +143,13 @@ class LocalTeacher:
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         self.cfg = cfg
+        self.opts = opts = cfg.options if cfg.options is not None else LocalOptions()
         path = resolve_teacher(cfg.model)
         auto = "cuda" if torch.cuda.is_available() else "cpu"
-        self.device = torch.device(auto if cfg.device == "auto" else cfg.device)
+        self.device = torch.device(auto if opts.device == "auto" else opts.device)
         try:
             self.tokenizer = AutoTokenizer.from_pretrained(path)
-            self.model = AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, cfg.dtype))
+            self.model = AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, opts.dtype))
         except OSError as e:
             raise DistillError(f"teacher.model {cfg.model!r}: cannot load ({e})") from None
         if not self.tokenizer.is_fast:
@@ -144,7 +174,7 @@ class LocalTeacher:
         params = {
             "max_input_tokens": self.cfg.max_input_tokens,
             "max_new_tokens": self.cfg.max_new_tokens,
-            "dtype": self.cfg.dtype,
+            "dtype": self.opts.dtype,
             "greedy": True,
             "label_rule": LABEL_RULE,
         }
@@ -247,10 +277,10 @@ class LocalTeacher:
         def batches() -> Iterator[tuple[list[int], torch.Tensor]]:
             if not rows:
                 return
-            prefix = self._prefix(rows[0][: _shared_length(rows)]) if self.cfg.prefix_cache else None
+            prefix = self._prefix(rows[0][: _shared_length(rows)]) if self.opts.prefix_cache else None
             skip = prefix.length if prefix else 0
-            for start in range(0, len(order), self.cfg.batch_size):
-                batch = order[start : start + self.cfg.batch_size]
+            for start in range(0, len(order), self.opts.batch_size):
+                batch = order[start : start + self.opts.batch_size]
                 yield batch, self._last_logprobs([rows[i][skip:] for i in batch], prefix)
 
         return batches()
@@ -308,8 +338,8 @@ class LocalTeacher:
         order = sorted(range(len(rows)), key=lambda i: len(rows[i]))
 
         def answers() -> Iterator[tuple[int, dict[str, Any]]]:
-            for start in range(0, len(order), self.cfg.batch_size):
-                batch = order[start : start + self.cfg.batch_size]
+            for start in range(0, len(order), self.opts.batch_size):
+                batch = order[start : start + self.opts.batch_size]
                 yield from zip(batch, self._generate([rows[i] for i in batch]))
 
         return answers()

@@ -39,12 +39,14 @@ class TeacherLayers(Summarizer):
                 f"only; it supports sharing: {', '.join(cls.sharing)}"
             )
         if student.decoder_source is None:
-            if teacher.backend != "local":
+            if cfg.teacher_vocabulary != teacher.model:  # the model is served, not here
                 raise ConfigError(
-                    "train.student.decoder_source: the teacher is an API; name a local model whose "
-                    "layers seed the decoder (with the served model's vocabulary for token-level KD)"
+                    f"train.student.decoder_source: the teacher ({teacher.backend} backend) has no "
+                    "local weights; name a local model whose layers seed the decoder (with the "
+                    "served model's vocabulary for token-level KD)"
                 )
             student.decoder_source = teacher.model
+        cfg.decoder_reads_teacher_tokens = student.decoder_source == cfg.teacher_vocabulary
         if cfg.train.token_kd_weight > 0:
             if teacher.summary_top_k == 0:
                 raise ConfigError(
@@ -52,10 +54,10 @@ class TeacherLayers(Summarizer):
                     "(teach.teacher.summary_top_k > 0)"
                 )
             if not cfg.decoder_reads_teacher_tokens:
-                vocabulary = teacher.model if teacher.backend == "local" else teacher.tokenizer
                 raise ConfigError(
                     f"train.token_kd_weight: the decoder ({student.decoder_source!r}) must have the "
-                    f"teacher's own vocabulary ({vocabulary!r}) to learn its per-token distributions"
+                    f"teacher's own vocabulary ({cfg.teacher_vocabulary!r}) to learn its per-token "
+                    "distributions"
                 )
 
     # --- building -----------------------------------------------------------------------------

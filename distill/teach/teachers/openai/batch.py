@@ -50,7 +50,7 @@ def run_batch(
     if not pending:
         return
     todo = sorted(pending)
-    limit = teacher.cfg.max_requests
+    limit = teacher.opts.max_requests
     allowed = len(todo) if limit is None else max(0, limit - teacher.counts["requests"])
     if teacher.budget_left(0):  # the cost budget is already spent
         allowed = 0
@@ -117,7 +117,7 @@ def collect(
     while (batch := client.batches.retrieve(batch_id)).status not in TERMINAL:
         done = getattr(batch.request_counts, "completed", "?") if batch.request_counts else "?"
         print(f"teach: batch {batch_id} {batch.status} ({done}/{len(state['custom_ids'])})", file=sys.stderr)
-        time.sleep(teacher.cfg.batch_poll_s)
+        time.sleep(teacher.opts.batch_poll_s)
     answers: dict[str, dict[str, Any]] = {}
     for file_id in (batch.output_file_id, batch.error_file_id):
         if file_id:

@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import Any
 
 from distill.core.config import TeacherConfig
-from distill.core.errors import DistillError
+from distill.core.errors import ConfigError, DistillError
 from distill.core.manifest import latency_percentiles
 from distill.teach.prompts import Prompt
 from distill.teach.teachers.answers import ItemFailed, Malformed, parse_summary
@@ -49,6 +49,7 @@ from distill.teach.teachers.openai.labels import (
     ask_summary,
     load_token_vocabulary,
 )
+from distill.teach.teachers.openai.options import OpenAIOptions, openai_options
 from distill.teach.teachers.openai.pacing import RateLimiter
 from distill.teach.teachers.openai.pacing import retry_after as retry_after_s
 
@@ -71,21 +72,30 @@ class APITeacher:
     def from_config(cls, cfg: TeacherConfig, state_dir: Path | None = None) -> APITeacher:
         return cls(cfg, state_dir=state_dir)
 
+    Options = OpenAIOptions
+
     @classmethod
     def check_config(cls, cfg: TeacherConfig) -> None:
-        pass
+        if cfg.summary_top_k > 20:
+            raise ConfigError("teach.teacher.summary_top_k: an OpenAI-compatible endpoint lists at most 20")
+        if cfg.summary_top_k and not openai_options(cfg).tokenizer:
+            raise ConfigError(
+                "teach.teacher.summary_top_k with backend: openai needs teach.teacher.tokenizer "
+                "(the served model's vocabulary) to turn token strings into ids"
+            )
 
     @classmethod
     def vocabulary(cls, cfg: TeacherConfig) -> str | None:
-        return cfg.tokenizer
+        return openai_options(cfg).tokenizer
 
     def __init__(self, cfg: TeacherConfig, state_dir: Path | None = None):
         self.cfg = cfg
+        self.opts = opts = openai_options(cfg)
         self.state_dir = state_dir
-        self._key = os.environ.get(cfg.api_key_env, "")
-        if not self._key and cfg.base_url is None:
-            raise DistillError(f"teach.teacher.api_key_env: ${cfg.api_key_env} is not set")
-        self.endpoint = (cfg.base_url or "https://api.openai.com/v1").rstrip("/")
+        self._key = os.environ.get(opts.api_key_env, "")
+        if not self._key and opts.base_url is None:
+            raise DistillError(f"teach.teacher.api_key_env: ${opts.api_key_env} is not set")
+        self.endpoint = (opts.base_url or "https://api.openai.com/v1").rstrip("/")
         self.id = f"openai:{self.endpoint}:{cfg.model}"
         self.counts = {"requests": 0, "retries": 0, "input_tokens": 0, "output_tokens": 0, "probes": 0}
         self.latencies_ms: list[float] = []
@@ -105,15 +115,15 @@ class APITeacher:
             "max_new_tokens": self.cfg.max_new_tokens,
             "label_max_tokens": LABEL_MAX_TOKENS,
             "label_parser": LABEL_PARSER_VERSION,
-            "top_logprobs": self.cfg.top_logprobs,
-            "no_logprobs": self.cfg.no_logprobs,
-            "samples": self.cfg.samples,
+            "top_logprobs": self.opts.top_logprobs,
+            "no_logprobs": self.opts.no_logprobs,
+            "samples": self.opts.samples,
             "min_label_mass": self.cfg.min_label_mass,
         }
         if not self.cfg.summary_top_k:  # so text-only answers cached before the option stay valid
             return params
         # The tokenizer decides the ids, so it is part of the answer too.
-        return params | {"summary_top_k": self.cfg.summary_top_k, "tokenizer": self.cfg.tokenizer}
+        return params | {"summary_top_k": self.cfg.summary_top_k, "tokenizer": self.opts.tokenizer}
 
     def num_parameters(self) -> None:
         return None
@@ -121,7 +131,7 @@ class APITeacher:
     def usage(self) -> dict[str, Any]:
         return {
             **self.counts,
-            "cost_usd": None if self.cfg.price_input_per_mtok is None else round(self.cost(), 6),
+            "cost_usd": None if self.opts.price_input_per_mtok is None else round(self.cost(), 6),
             **latency_percentiles(self.latencies_ms, digits=1),
         }
 
@@ -130,7 +140,7 @@ class APITeacher:
     ) -> Iterator[tuple[int, dict[str, Any]]]:
         if self.check_endpoint():
             return self._not_asked(prompts)
-        if self.cfg.mode == "batch":
+        if self.opts.mode == "batch":
             from distill.teach.teachers.openai.batch import run_batch
 
             return run_batch(self, "label", prompts, verbalizers)
@@ -140,7 +150,7 @@ class APITeacher:
         self.token_vocabulary()  # a tokenizer that cannot load fails the run before any request
         if self.check_endpoint():
             return self._not_asked(prompts)
-        if self.cfg.mode == "batch":
+        if self.opts.mode == "batch":
             from distill.teach.teachers.openai.batch import run_batch
 
             return run_batch(self, "summary", prompts, [])
@@ -161,19 +171,19 @@ class APITeacher:
 
     # -- accounting ----------------------------------------------------------------------
     def cost(self) -> float:
-        if self.cfg.price_input_per_mtok is None or self.cfg.price_output_per_mtok is None:
+        if self.opts.price_input_per_mtok is None or self.opts.price_output_per_mtok is None:
             return 0.0
         return (
-            self.counts["input_tokens"] * self.cfg.price_input_per_mtok
-            + self.counts["output_tokens"] * self.cfg.price_output_per_mtok
+            self.counts["input_tokens"] * self.opts.price_input_per_mtok
+            + self.counts["output_tokens"] * self.opts.price_output_per_mtok
         ) / 1e6
 
     def budget_left(self, requests: int = 1) -> str | None:
         """Why no more requests may be sent, or None."""
-        if self.cfg.max_requests is not None and self.counts["requests"] + requests > self.cfg.max_requests:
-            return f"budget: max_requests {self.cfg.max_requests} reached"
-        if self.cfg.max_cost is not None and self.cost() >= self.cfg.max_cost:
-            return f"budget: max_cost {self.cfg.max_cost} reached (estimated {self.cost():.4f})"
+        if self.opts.max_requests is not None and self.counts["requests"] + requests > self.opts.max_requests:
+            return f"budget: max_requests {self.opts.max_requests} reached"
+        if self.opts.max_cost is not None and self.cost() >= self.opts.max_cost:
+            return f"budget: max_cost {self.opts.max_cost} reached (estimated {self.cost():.4f})"
         return None
 
     def account(self, usage: Any, requests: int = 1) -> None:
@@ -204,8 +214,8 @@ class APITeacher:
 
         client = openai.OpenAI(
             api_key=self._key or "unused",
-            base_url=self.cfg.base_url,
-            timeout=self.cfg.timeout_s,
+            base_url=self.opts.base_url,
+            timeout=self.opts.timeout_s,
             max_retries=0,
         )
         hello = [{"role": "user", "content": "Hi"}]
@@ -238,7 +248,7 @@ class APITeacher:
     def _refuse(self, status: int) -> None:
         """Statuses that no retry can change end the whole run."""
         if status in (401, 403):
-            raise DistillError(f"teacher endpoint {self.id}: HTTP {status}: check ${self.cfg.api_key_env}")
+            raise DistillError(f"teacher endpoint {self.id}: HTTP {status}: check ${self.opts.api_key_env}")
         if status == 404:
             raise DistillError(f"teacher endpoint {self.id}: HTTP 404 (no such model)")
 
@@ -247,14 +257,14 @@ class APITeacher:
         import openai
 
         if isinstance(e, openai.APITimeoutError):
-            return f"timed out after {self.cfg.timeout_s} s"
+            return f"timed out after {self.opts.timeout_s} s"
         return self.redact(f"connection failed: {e.__cause__ or e}")
 
     def _silence(self, error: str) -> None:
         """One more request in a row without an answer; at max_consecutive_failures the endpoint
         is taken for dead and this item, like every one after it, fails at once."""
         self._silent += 1
-        if self.down is None and self._silent >= self.cfg.max_consecutive_failures:
+        if self.down is None and self._silent >= self.opts.max_consecutive_failures:
             self._give_up(
                 f"the endpoint at {self.endpoint} stopped answering ({error}; "
                 f"{self._silent} requests in a row got no answer)"
@@ -278,7 +288,7 @@ class APITeacher:
         dropped connections; returns the JSON body."""
         import openai
 
-        for attempt in range(self.cfg.max_retries + 1):
+        for attempt in range(self.opts.max_retries + 1):
             if self.down is not None:
                 raise EndpointDown(self.down)
             reason = self.budget_left()
@@ -318,8 +328,8 @@ class APITeacher:
                     raise Malformed(f"unparseable response {response.content[:60]!r}")
                 self.account(body.get("usage"))
                 return body
-            if attempt == self.cfg.max_retries:
-                raise ItemFailed(f"{error}, still after {self.cfg.max_retries} retries")
+            if attempt == self.opts.max_retries:
+                raise ItemFailed(f"{error}, still after {self.opts.max_retries} retries")
             self.counts["retries"] += 1
             backoff = random.uniform(0, min(BACKOFF_CAP_S, BACKOFF_BASE_S * 2**attempt))
             await asyncio.sleep(retry_after if retry_after is not None else backoff)
@@ -333,9 +343,9 @@ class APITeacher:
 
         return (openai.AsyncOpenAI if asynchronous else openai.OpenAI)(
             api_key=self._key or "unused",
-            base_url=self.cfg.base_url,
-            timeout=self.cfg.timeout_s,
-            max_retries=0 if asynchronous else self.cfg.max_retries,
+            base_url=self.opts.base_url,
+            timeout=self.opts.timeout_s,
+            max_retries=0 if asynchronous else self.opts.max_retries,
         )
 
     def _stream(
@@ -345,7 +355,7 @@ class APITeacher:
         stop = threading.Event()
 
         async def answer_all() -> None:
-            self._limiter = RateLimiter(self.cfg.requests_per_minute, self.cfg.tokens_per_minute)
+            self._limiter = RateLimiter(self.opts.requests_per_minute, self.opts.tokens_per_minute)
             todo = iter(range(len(prompts)))
             async with self.client() as client:
 
@@ -362,7 +372,7 @@ class APITeacher:
                             answer = {"error": self.redact(str(e))}
                         results.put((i, answer))
 
-                await asyncio.gather(*(worker() for _ in range(min(self.cfg.concurrency, len(prompts)))))
+                await asyncio.gather(*(worker() for _ in range(min(self.opts.concurrency, len(prompts)))))
 
         def main() -> None:
             try:

@@ -23,6 +23,7 @@ from distill.teach.teachers.answers import (
     parse_label,
     token_byte_ids,
 )
+from distill.teach.teachers.openai.options import openai_options
 
 if TYPE_CHECKING:
     from distill.teach.teachers.openai.client import APITeacher
@@ -53,7 +54,7 @@ def label_body(cfg: TeacherConfig, prompt: Prompt) -> dict[str, Any]:
         "max_tokens": LABEL_MAX_TOKENS,
         "temperature": 0.0,
         "logprobs": True,
-        "top_logprobs": cfg.top_logprobs,
+        "top_logprobs": openai_options(cfg).top_logprobs,
     }
 
 
@@ -81,7 +82,7 @@ def load_token_vocabulary(cfg: TeacherConfig) -> dict[bytes, int]:
 
     from distill.core.assets import resolve_teacher
 
-    name = cfg.tokenizer or ""
+    name = openai_options(cfg).tokenizer or ""
     try:
         tokenizer = AutoTokenizer.from_pretrained(resolve_teacher(name))
     except (OSError, ValueError) as e:
@@ -96,11 +97,11 @@ async def retry_malformed(
     teacher: APITeacher, ask: Callable[[], Awaitable[dict[str, Any]]]
 ) -> dict[str, Any]:
     """``ask`` again after an unparseable answer, up to teacher.malformed_retries times."""
-    for attempt in range(teacher.cfg.malformed_retries + 1):
+    for attempt in range(teacher.opts.malformed_retries + 1):
         try:
             return await ask()
         except Malformed as e:
-            if attempt == teacher.cfg.malformed_retries:
+            if attempt == teacher.opts.malformed_retries:
                 raise Malformed(f"{e} (after {attempt + 1} attempts)") from None
             teacher.counts["retries"] += 1
     raise AssertionError("unreachable")
@@ -126,13 +127,13 @@ async def ask_label(
                 return answer
             # A greedy re-ask would repeat the same off-label answer; only the fallback can help.
             why = f"label mass {answer['label_mass']:.3f} < min_label_mass {cfg.min_label_mass}"
-        if cfg.no_logprobs == "samples":
+        if teacher.opts.no_logprobs == "samples":
             # The samples' own label mass is checked with every answer (check_answer).
             try:
                 return await _label_by_samples(teacher, client, body, verbalizers, tokens)
             except Malformed as e:
                 raise Malformed(f"{why}; then {e}") from None
-        if cfg.no_logprobs == "score_labels":
+        if teacher.opts.no_logprobs == "score_labels":
             return await _label_by_scores(teacher, client, prompt, verbalizers, tokens)
         raise ItemFailed(f"{why} (teacher.no_logprobs: fail)")
 
@@ -143,7 +144,7 @@ async def _label_by_samples(
     teacher: APITeacher, client: Any, body: dict[str, Any], verbalizers: Sequence[str], tokens: float
 ) -> dict[str, Any]:
     """Sample answers at temperature 1; endpoints that ignore ``n`` are asked again."""
-    samples = teacher.cfg.samples
+    samples = teacher.opts.samples
     sample = {k: v for k, v in body.items() if k not in ("logprobs", "top_logprobs", "temperature")}
     chat = client.chat.completions.with_raw_response
     texts: list[str] = []

@@ -1,0 +1,110 @@
+"""A new plugin is one file plus one registry line: a weighting method and a teacher backend
+defined here (their "file") and registered with one ``setitem`` (their line) are chosen,
+configured, checked and listed through the pipeline file with no edit anywhere else."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar
+
+import pytest
+import torch
+import yaml
+
+from distill.core.config.loader import described
+from distill.core.errors import ConfigError
+from distill.pipeline import load as load_pipeline
+from distill.teach.teachers import BACKENDS
+from distill.teach.teachers.local import LocalTeacher
+from distill.train.weighting import METHODS, build_weighting
+from distill.train.weighting.base import Combined, Weighting
+
+
+class Tempered(Weighting):
+    """Weights ∝ loss^power, renormalised to sum to the number of tasks (a made-up method)."""
+
+    name = "tempered"
+    needs_every_task: ClassVar[bool] = True
+
+    @dataclass
+    class Options:
+        power: float = 1.0
+        """Exponent on each task's loss."""
+
+    def combine(self, losses: dict[str, torch.Tensor], step: int) -> Combined:
+        raw = {t: float(loss.detach()) ** self.options.power for t, loss in losses.items()}
+        scale = len(raw) / sum(raw.values())
+        weights = {t: w * scale for t, w in raw.items()}
+        return sum(weights[t] * loss for t, loss in losses.items()), weights
+
+
+class Frozen(LocalTeacher):
+    """A local teacher with one more option of its own (a made-up backend)."""
+
+    name = "frozen"
+
+    @dataclass
+    class Options(LocalTeacher.Options):
+        seed: int = 0
+        """The made-up backend's own option."""
+
+
+def pipeline(tmp_path, **sections) -> str:
+    data = {
+        "run_dir": str(tmp_path / "run"),
+        "tasks": [
+            {
+                "name": "a",
+                "kind": "classification",
+                "data": {"train": "a.jsonl", "test": "a.jsonl"},
+                "labels": {"yes": "yes", "no": "no"},
+            },
+            {
+                "name": "b",
+                "kind": "classification",
+                "data": {"train": "b.jsonl", "test": "b.jsonl"},
+                "labels": {"yes": "yes", "no": "no"},
+            },
+        ],  # fmt: skip
+        **sections,
+    }
+    path = tmp_path / "p.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return str(path)
+
+
+def test_a_new_weighting_method_is_one_file_and_one_line(tmp_path, monkeypatch):
+    monkeypatch.setitem(METHODS, Tempered.name, Tempered)  # the registry line
+    cfg = load_pipeline(pipeline(tmp_path, train={"weighting": {"method": "tempered", "power": 2}}))
+    assert cfg.train.weighting.options == Tempered.Options(power=2.0)  # its own options, typed
+    listed = {key: (kind, value, doc) for key, kind, value, doc in described(cfg)}
+    assert listed["train.weighting.power"] == ("float", 2.0, "Exponent on each task's loss.")
+    assert cfg.to_dict()["train"]["weighting"] == {"method": "tempered", "power": 2.0}  # the file's shape
+    weighting = build_weighting("tempered", ["a", "b"], {}, 0, cfg.train.weighting.options)
+    _, weights = weighting.combine({"a": torch.tensor(1.0), "b": torch.tensor(3.0)}, 0)
+    assert weights == pytest.approx({"a": 0.2, "b": 1.8})  # 1 : 9, summing to 2
+    # its key is checked as its dataclass says, and its flag is read by the cross-section check
+    with pytest.raises(ConfigError, match=r"train\.weighting\.power: expected float, got 'x'"):
+        load_pipeline(pipeline(tmp_path, train={"weighting": {"method": "tempered", "power": "x"}}))
+    with pytest.raises(ConfigError, match=r"tempered needs every task's loss at every step"):
+        load_pipeline(
+            pipeline(tmp_path, train={"weighting": {"method": "tempered"}, "sampling": "proportional"})
+        )
+    # another method does not have its key
+    with pytest.raises(ConfigError, match=r"train\.weighting\.power: unknown key"):
+        load_pipeline(pipeline(tmp_path, train={"weighting": {"method": "static", "power": 2}}))
+
+
+def test_a_new_teacher_backend_is_one_file_and_one_line(tmp_path, monkeypatch):
+    monkeypatch.setitem(BACKENDS, Frozen.name, Frozen)  # the registry line
+    cfg = load_pipeline(
+        pipeline(tmp_path, teach={"teacher": {"backend": "frozen", "seed": 3, "batch_size": 2}})
+    )
+    assert cfg.teach.teacher.options == Frozen.Options(batch_size=2, seed=3)
+    assert cfg.teacher_vocabulary == cfg.teach.teacher.model  # asked of the backend (a local one)
+    keys = [key for key, *_ in described(cfg) if key.startswith("teach.teacher.")]
+    assert "teach.teacher.seed" in keys and "teach.teacher.concurrency" not in keys
+    with pytest.raises(
+        ConfigError, match=r"teach\.teacher\.concurrency: unknown key .*for this backend: batch_size"
+    ):
+        load_pipeline(pipeline(tmp_path, teach={"teacher": {"backend": "frozen", "concurrency": 2}}))
