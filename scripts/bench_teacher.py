@@ -126,7 +126,8 @@ def timed(score: Callable[[], dict[int, list[float]]]) -> tuple[float, dict[int,
 def bench_teacher(
     name: str, cfg: PipelineConfig, prompts: list[Prompt], verbalizers: list[str], repeats: int
 ) -> dict[str, Any]:
-    teacher_cfg = dataclasses.replace(cfg.teach.teacher, backend="local", model=name, device="cpu")
+    local = dataclasses.replace(cfg.teach.teacher.options, device="cpu")
+    teacher_cfg = dataclasses.replace(cfg.teach.teacher, backend="local", model=name, options=local)
     before = before_teacher_class()(teacher_cfg)
     after = LocalTeacher(teacher_cfg)
     exact = [[i] for i in before.verbalizer_ids(verbalizers)]  # the old rule, for agreement
@@ -138,7 +139,7 @@ def bench_teacher(
     def run_after(prefix_cache: bool) -> dict[int, list[float]]:
         """The new rule's answers (as label_distribution gives them) and, from the same next-token
         distributions, the old rule's, kept for the agreement check."""
-        after.cfg = dataclasses.replace(teacher_cfg, prefix_cache=prefix_cache)
+        after.opts = dataclasses.replace(local, prefix_cache=prefix_cache)
         groups = after.label_groups(verbalizers)
         out, old_rule[prefix_cache] = {}, {}
         for batch, logprobs in after.next_token_logprobs(prompts):
@@ -153,7 +154,7 @@ def bench_teacher(
         "prefix_cache_off": lambda: run_after(False),
         "prefix_cache_on": lambda: run_after(True),
     }
-    warm = prompts[: cfg.teach.teacher.batch_size]
+    warm = prompts[: local.batch_size]
     list(before.label_distribution(warm, verbalizers))  # warm-up: first-call allocations, label groups
     list(after.label_distribution(warm, verbalizers))
     best = {k: float("inf") for k in variants}
