@@ -143,3 +143,16 @@ def test_teacher_distribution_is_batch_invariant(pipeline):
         together = batched[i]
         [(_, alone)] = teacher.label_distribution([prompt], ["great", "other"])
         assert alone["distribution"] == pytest.approx(together["distribution"], abs=1e-4)
+
+
+def test_a_corrupt_stage_output_is_named_with_its_line(tmp_path):
+    from distill.core.data import read_jsonl
+
+    out = tmp_path / "train.jsonl"
+    out.write_text('{"id": "a"}\n{"id": \n')
+    with pytest.raises(
+        DistillError, match=r"train\.jsonl line 2 is not JSON .*; rerun the stage that writes it"
+    ):
+        read_jsonl(out)
+    out.write_text('{"id": "a"}\n')
+    assert read_jsonl(out) == [{"id": "a"}]

@@ -134,16 +134,10 @@ def write_jsonl(path: Path, rows: list[dict[str, Any]]) -> None:
 
 
 def read_jsonl(path: Path) -> list[dict[str, Any]]:
+    """A stage's output rows (the same line-numbered parsing as data files, ``jsonl_rows``)."""
     if not path.is_file():
         raise DistillError(f"{path} not found (run the stage that writes it first)")
-    rows = []
-    with path.open() as f:
-        for number, line in enumerate(f, 1):
-            if line.strip():
-                try:
-                    rows.append(json.loads(line))
-                except json.JSONDecodeError as e:
-                    raise DistillError(
-                        f"{path} line {number} is not JSON ({e.msg}); rerun the stage that writes it"
-                    ) from None
-    return rows
+    try:
+        return jsonl_rows(path, "stage output")
+    except DistillError as e:
+        raise DistillError(f"{e}; rerun the stage that writes it") from None

@@ -114,6 +114,11 @@ class LocalOptions:
             raise ConfigError("teach.teacher.batch_size: must be >= 1")
 
 
+def local_options(cfg: TeacherConfig) -> LocalOptions:
+    """A ``TeacherConfig``'s local options (their defaults where it was built without them)."""
+    return cfg.options if cfg.options is not None else LocalOptions()
+
+
 class LocalTeacher:
     name = "local"
     timed_locally = True
@@ -130,10 +135,8 @@ class LocalTeacher:
     @classmethod
     def for_timing(cls, cfg: TeacherConfig, batch_size: int, device: str) -> LocalTeacher:
         """The teacher on eval's device in eval's batches, for the speed comparison."""
-        opts = cfg.options if cfg.options is not None else LocalOptions()
-        return cls(
-            dataclasses.replace(cfg, options=dataclasses.replace(opts, batch_size=batch_size, device=device))
-        )
+        timed = dataclasses.replace(local_options(cfg), batch_size=batch_size, device=device)
+        return cls(dataclasses.replace(cfg, options=timed))
 
     @classmethod
     def vocabulary(cls, cfg: TeacherConfig) -> str | None:
@@ -143,7 +146,7 @@ class LocalTeacher:
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         self.cfg = cfg
-        self.opts = opts = cfg.options if cfg.options is not None else LocalOptions()
+        self.opts = opts = local_options(cfg)
         path = resolve_teacher(cfg.model)
         auto = "cuda" if torch.cuda.is_available() else "cpu"
         self.device = torch.device(auto if opts.device == "auto" else opts.device)
