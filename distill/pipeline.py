@@ -15,7 +15,7 @@ from distill.tasks import task_for
 from distill.teach.teachers import backend_class
 from distill.train.weighting import weighting_class
 
-PLUGINS = {"weighting": weighting_class, "teacher": backend_class}
+PLUGINS = {"weighting": weighting_class, "teacher": backend_class, "summarizer": summarizer_class}
 """The registries whose plugins' options the loader reads from their sections."""
 
 

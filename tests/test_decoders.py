@@ -1,4 +1,4 @@
-"""The teacher-layers summarizer (distill/decoders.py) and token-level KD."""
+"""The teacher-layers summarizer (distill/student/summarizers/) and token-level KD."""
 
 import math
 
@@ -8,6 +8,7 @@ import torch
 from distill.core.config import StudentConfig
 from distill.core.errors import DistillError
 from distill.core.losses import token_kd_loss
+from distill.pipeline import section
 from distill.student.summarizers.teacher_layers.decoder import (
     CausalSummarizer,
     DecoderCodec,
@@ -148,9 +149,8 @@ def test_cut_teacher_measures_on_the_corpus(tiny_bpe_teacher):
             {"document": "slow service", "teacher_summary": "slow", "teacher_finish_reason": "length"},
         ),
     ]
-    cfg = StudentConfig(
-        summarizer="teacher_layers", decoder_source=tiny_bpe_teacher, decoder_layers=3, bridge=True
-    )
+    settings = {"summarizer": "teacher_layers", "decoder_source": tiny_bpe_teacher, "decoder_layers": 3}
+    cfg = section(StudentConfig, {**settings, "bridge": True}, "train.student")
     summarizer, codec, layers = cut_teacher(cfg, rows, encoder_hidden=8)
     assert layers[0] == 0 and layers[-1] == 3 and len(layers) == 3
     assert summarizer.lm.config.num_hidden_layers == 3

@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from distill.core.errors import DistillError
+from distill.pipeline import section
 from distill.ship.export.causal import pipeline_messages
 from distill.ship.export.classifier import exported_probs
 from distill.ship.export.run import EXPORT_FILE, export, teach_rows
@@ -200,10 +201,10 @@ def layers_students(tmp_path_factory, tiny_encoder, tiny_bpe_teacher) -> dict[st
     out = {}
     for vocab in ("full", "corpus"):
         torch.manual_seed(0)
-        cfg = StudentConfig(
-            encoder=tiny_encoder, summarizer="teacher_layers", decoder_source=tiny_bpe_teacher,
-            decoder_layers=3, decoder_vocab=vocab, max_document_length=40, max_summary_length=10,
-        )  # fmt: skip
+        cfg = section(StudentConfig, {
+            "encoder": tiny_encoder, "summarizer": "teacher_layers", "decoder_source": tiny_bpe_teacher,
+            "decoder_layers": 3, "decoder_vocab": vocab, "max_document_length": 40, "max_summary_length": 10,
+        }, "train.student")  # fmt: skip
         student, tokenizer = build_student(cfg, [_task("papers", "summarization")], corpus)
         out[f"{vocab}_zero"] = _save(student, tokenizer, root / f"{vocab}_zero")
         if vocab == "full":

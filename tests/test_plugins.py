@@ -108,3 +108,25 @@ def test_a_new_teacher_backend_is_one_file_and_one_line(tmp_path, monkeypatch):
         ConfigError, match=r"teach\.teacher\.concurrency: unknown key .*for this backend: batch_size"
     ):
         load_pipeline(pipeline(tmp_path, teach={"teacher": {"backend": "frozen", "concurrency": 2}}))
+
+
+def test_a_summarizer_owns_its_options(tmp_path):
+    """teacher_layers' keys exist only when it is the summarizer; bert2bert has none."""
+    from distill.student.summarizers.teacher_layers.options import TeacherLayersOptions
+
+    student = {"summarizer": "teacher_layers", "decoder_layers": 3, "layer_choice": "uniform"}
+    cfg = load_pipeline(pipeline(tmp_path, train={"student": student}))
+    assert cfg.train.student.options == TeacherLayersOptions(
+        decoder_source=cfg.teach.teacher.model, decoder_layers=3, layer_choice="uniform"
+    )  # decoder_source: the local teacher's model, filled in by the summarizer's own check
+    assert cfg.decoder_reads_teacher_tokens  # the teacher's vocabulary, as its backend says
+    listed = {key: value for key, _, value, _ in described(cfg)}
+    assert listed["train.student.decoder_layers"] == 3
+    assert cfg.to_dict()["train"]["student"]["decoder_layers"] == 3  # flat, as the file writes it
+    assert "decoder_reads_teacher_tokens" not in cfg.to_dict()  # derived, not a key
+    with pytest.raises(
+        ConfigError, match=r"train\.student\.decoder_layers: unknown key \(known: encoder, .*\)$"
+    ):
+        load_pipeline(pipeline(tmp_path, train={"student": {"decoder_layers": 3}}))  # bert2bert
+    with pytest.raises(ConfigError, match=r"train\.student\.decoder_layers: must be >= 2"):
+        load_pipeline(pipeline(tmp_path, train={"student": {**student, "decoder_layers": 1}}))

@@ -1,6 +1,6 @@
 """The student: one shared pretrained encoder, a head per classification task, and a
 summarization decoder that cross-attends to the same encoder; with shared-private or
-adversarial sharing, a small private encoder per task beside it (distill/sharing.py).
+adversarial sharing, a small private encoder per task beside it (distill/student/sharing.py).
 
 A saved student is a self-contained folder (student.json, model.safetensors, tokenizer
 files) that ``load_student`` rebuilds with nothing else: no hub, no original encoder.
@@ -46,7 +46,7 @@ class StudentSpec:
     dropout: float
     encoder_source: str
     sharing: str = "hard"
-    """hard | shared_private | adversarial (distill/sharing.py)."""
+    """hard | shared_private | adversarial (distill/student/sharing.py)."""
     private_feedforward: int = 512
     """Width of each private encoder's feed-forward layer."""
     adversarial_weight: float = 0.05
@@ -233,7 +233,7 @@ def build_student(
     """A fresh student warm-started from the pretrained encoder, and a summarization decoder:
     the encoder's own weights (bert2bert) or the teacher's layers (teacher_layers, cut by
     measurements on ``corpus``: task name → teach train rows). With ``cfg.warmup.steps`` the
-    summarization path is then warmed up on ``unlabeled`` text (cached; distill/warmup.py) and
+    summarization path is then warmed up on ``unlabeled`` text (cached; distill/student/warmup.py) and
     the record kept in ``student.warmup_record``."""
     from transformers import AutoTokenizer
 

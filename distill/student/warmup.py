@@ -32,6 +32,7 @@ from distill.core.assets import home
 from distill.core.config import StudentConfig, WarmupConfig
 from distill.core.errors import DistillError
 from distill.core.tensors import length_mask, pad
+from distill.student.summarizers.teacher_layers.options import teacher_layers_options
 
 STATE_FILE = "state.safetensors"
 RECORD_FILE = "warmup.json"
@@ -170,7 +171,7 @@ def _run(student: Any, tokenizer: Any, cfg: StudentConfig, documents: list[str])
         from distill.core.assets import resolve_teacher
 
         teacher = AutoModelForCausalLM.from_pretrained(
-            resolve_teacher(cfg.decoder_source), dtype=torch.float32
+            resolve_teacher(teacher_layers_options(cfg).decoder_source), dtype=torch.float32
         ).eval()
         tokens = student.codec.tokenizer(documents, add_special_tokens=False)["input_ids"]
         params = [p for p in student.summarizer.parameters() if p.requires_grad]

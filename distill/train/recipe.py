@@ -25,6 +25,7 @@ from typing import Any
 import torch
 
 from distill.core.config import PipelineConfig, TrainConfig
+from distill.core.config.loader import plain
 from distill.core.data import read_jsonl
 from distill.core.errors import ConfigError, DistillError
 from distill.core.losses import IGNORE_INDEX
@@ -308,7 +309,7 @@ def setup(cfg: PipelineConfig, resume: bool, timer: Timer) -> Recipe:
         )
     )
     client_state = {
-        "train_config": dataclasses.asdict(tc),
+        "train_config": plain(tc),  # the file's own shape: plugin options flat
         "schedule": plan,
         "teach_outputs_sha256": teach_sha,
         "param_groups": [decay["decay"], decay["no_decay"]],

@@ -14,7 +14,7 @@ class WarmupConfig:
     """One-time pre-training of the summarization decoder on the bundled unlabeled text (every
     train-split document of the pipeline's summarization tasks, references unused), cached by
     content under distill's home, so every run with the same student starts from it
-    (distill/warmup.py). bert2bert: denoising (the encoder reads a span with tokens masked, the
+    (distill/student/warmup.py). bert2bert: denoising (the encoder reads a span with tokens masked, the
     decoder writes its start); teacher_layers: recovery of the cut (next-token loss plus
     DistilBERT's cosine loss to the teacher's last hidden states)."""
 
@@ -46,6 +46,8 @@ class WarmupConfig:
 
 @dataclass
 class StudentConfig:
+    PLUGIN: ClassVar[PluginSlot] = PluginSlot(registry="summarizer", discriminator="summarizer")
+
     encoder: str = "all-minilm-l6-v2"
     """A bundled alias (all-minilm-l6-v2), a local BERT-style folder, or a hub name."""
     max_length: int = 128
@@ -56,39 +58,26 @@ class StudentConfig:
     sharing: Literal["hard", "shared_private", "adversarial"] = "hard"
     """hard: every task reads the shared encoder only; shared_private: plus a one-layer private
     encoder per task; adversarial: shared_private plus a task discriminator behind gradient
-    reversal and an orthogonality penalty (Liu, Qiu & Huang 2017; distill/sharing.py)."""
+    reversal and an orthogonality penalty (Liu, Qiu & Huang 2017; distill/student/sharing.py)."""
     private_feedforward: int = 512
     adversarial_weight: float = 0.05
     """λ_adv: weight of the task discriminator's loss."""
     orthogonality_weight: float = 0.01
     """γ: weight of ‖SᵀH‖²_F between shared and private features."""
     summarizer: str = "bert2bert"
-    """The summarization module (distill/decoders.py). bert2bert: a decoder warm-started from the
-    encoder's weights, cross-attending to the shared encoder. teacher_layers: a decoder-only
-    student cut from the teacher's own layers, reading the teacher's prompt in the teacher's
-    vocabulary and the shared encoder through ``bridge``."""
-    decoder_source: str | None = None
-    """teacher_layers: the model whose layers seed the decoder (a bundled alias or folder);
-    None: teach.teacher.model (needs a local teacher)."""
-    decoder_layers: int = 4
-    """teacher_layers: layers kept (the first and last always among them)."""
-    layer_choice: Literal["block_influence", "uniform"] = "block_influence"
-    """teacher_layers: how the middle layers are chosen: the largest block influence
-    (1 − cos(input, output), measured on training prompts) or evenly spaced."""
-    decoder_vocab: Literal["corpus", "full"] = "corpus"
-    """teacher_layers: output vocabulary: the tokens of the training corpus (plus every byte), or
-    the teacher's whole vocabulary."""
+    """The summarization module (distill/student/summarizers/, one file or folder each).
+    bert2bert: a decoder warm-started from the encoder's weights, cross-attending to the shared
+    encoder. teacher_layers: a decoder-only student cut from the teacher's own layers, reading
+    the teacher's prompt in the teacher's vocabulary and the shared encoder through ``bridge``.
+    The chosen summarizer's own options sit beside this key (``distill config P.yaml
+    train.student`` lists them)."""
     warmup: WarmupConfig = field(default_factory=WarmupConfig)
-    bridge: bool = True
-    """teacher_layers: add the shared encoder's pooled state (through a zero-initialised linear map)
-    to every prompt token's embedding, so the summarization loss trains the shared encoder too;
-    false: the decoder does not read the shared encoder."""
+    options: Any = None
+    """The summarizer's own options (its ``Options`` dataclass); None: its defaults."""
 
     def __post_init__(self) -> None:
         if self.adversarial_weight < 0 or self.orthogonality_weight < 0:
             raise ConfigError("train.student.adversarial_weight and orthogonality_weight: must be >= 0")
-        if self.decoder_layers < 2:
-            raise ConfigError("train.student.decoder_layers: must be >= 2")
 
 
 @dataclass

@@ -45,6 +45,11 @@ class Summarizer:
     name: ClassVar[str]
     sharing: ClassVar[tuple[str, ...]]
     """The train.student.sharing modes it supports."""
+
+    @dataclass
+    class Options:
+        """Its own options, read from ``train.student`` beside ``summarizer`` (none here)."""
+
     exporter: ClassVar[str]
     """The ``distill export`` format that writes a summarization task of it (a key of
     distill/ship/export/run.py's EXPORTERS)."""

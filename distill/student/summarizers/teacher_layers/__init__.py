@@ -14,6 +14,7 @@ from distill.core.config import PipelineConfig
 from distill.core.errors import ConfigError
 from distill.student.sharing import mean_pool
 from distill.student.summarizers.base import Parts, Summarizer, config_from_dict
+from distill.student.summarizers.teacher_layers.options import TeacherLayersOptions, teacher_layers_options
 
 if TYPE_CHECKING:
     from distill.core.config import StudentConfig
@@ -29,6 +30,7 @@ class TeacherLayers(Summarizer):
     """The train.student.sharing modes it supports: it reads the shared encoder through its
     bridge only."""
     exporter: ClassVar[str] = "causal_lm"
+    Options = TeacherLayersOptions
 
     @classmethod
     def check_pipeline(cls, cfg: PipelineConfig) -> None:
@@ -38,15 +40,18 @@ class TeacherLayers(Summarizer):
                 "train.student.summarizer: teacher_layers reads the shared encoder through its bridge "
                 f"only; it supports sharing: {', '.join(cls.sharing)}"
             )
-        if student.decoder_source is None:
+        if student.options is None:
+            student.options = TeacherLayersOptions()
+        options = student.options
+        if options.decoder_source is None:
             if cfg.teacher_vocabulary != teacher.model:  # the model is served, not here
                 raise ConfigError(
                     f"train.student.decoder_source: the teacher ({teacher.backend} backend) has no "
                     "local weights; name a local model whose layers seed the decoder (with the "
                     "served model's vocabulary for token-level KD)"
                 )
-            student.decoder_source = teacher.model
-        cfg.decoder_reads_teacher_tokens = student.decoder_source == cfg.teacher_vocabulary
+            options.decoder_source = teacher.model
+        cfg.decoder_reads_teacher_tokens = options.decoder_source == cfg.teacher_vocabulary
         if cfg.train.token_kd_weight > 0:
             if teacher.summary_top_k == 0:
                 raise ConfigError(
@@ -55,7 +60,7 @@ class TeacherLayers(Summarizer):
                 )
             if not cfg.decoder_reads_teacher_tokens:
                 raise ConfigError(
-                    f"train.token_kd_weight: the decoder ({student.decoder_source!r}) must have the "
+                    f"train.token_kd_weight: the decoder ({options.decoder_source!r}) must have the "
                     f"teacher's own vocabulary ({cfg.teacher_vocabulary!r}) to learn its per-token "
                     "distributions"
                 )
@@ -81,9 +86,9 @@ class TeacherLayers(Summarizer):
         fields = {
             "encoder_config": backbone.config.to_dict(),
             "decoder_config": summarizer.lm.config.to_dict(),
-            "decoder_source": cfg.decoder_source,
+            "decoder_source": teacher_layers_options(cfg).decoder_source,
             "decoder_layers": layers,
-            "bridge": cfg.bridge,
+            "bridge": teacher_layers_options(cfg).bridge,
         }
         return Parts(backbone, summarizer, codec, fields)
 

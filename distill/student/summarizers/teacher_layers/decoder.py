@@ -30,6 +30,7 @@ from torch import nn
 from distill.core.errors import DistillError
 from distill.core.losses import IGNORE_INDEX
 from distill.core.tokens import byte_level_alphabet
+from distill.student.summarizers.teacher_layers.options import teacher_layers_options
 
 MARKER = "\u0000DOCUMENT\u0000"
 
@@ -349,31 +350,32 @@ def teacher_targets(codec: DecoderCodec, row: dict[str, Any], max_length: int) -
 def cut_teacher(
     cfg: Any, rows: Sequence[tuple[str, dict[str, Any]]], encoder_hidden: int, extra_text: Sequence[str] = ()
 ) -> tuple[CausalSummarizer, DecoderCodec, list[int]]:
-    """Cut the summarizer from ``cfg.decoder_source``; ``rows``: (instruction, teach train row)
-    pairs, the corpus its vocabulary and layer choice are measured on; ``extra_text``: more text
-    whose tokens the vocabulary must hold (the warm-up's)."""
+    """Cut the summarizer from the teacher-layers options' ``decoder_source``; ``rows``:
+    (instruction, teach train row) pairs, the corpus its vocabulary and layer choice are measured
+    on; ``extra_text``: more text whose tokens the vocabulary must hold (the warm-up's)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from distill.core.assets import resolve_teacher
     from distill.core.tensors import length_mask, pad
 
-    assert cfg.decoder_source is not None
-    path = resolve_teacher(cfg.decoder_source)
+    options = teacher_layers_options(cfg)
+    assert options.decoder_source is not None
+    path = resolve_teacher(options.decoder_source)
     try:
         tokenizer = AutoTokenizer.from_pretrained(path)
         teacher = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
     except OSError as e:
         raise DistillError(
-            f"train.student.decoder_source {cfg.decoder_source!r}: cannot load ({e})"
+            f"train.student.decoder_source {options.decoder_source!r}: cannot load ({e})"
         ) from None
     plain = DecoderCodec(tokenizer, None)
     prompts = [plain.prompt_teacher_ids(i, r["document"], cfg.max_document_length) for i, r in rows]
-    if not prompts and (cfg.decoder_vocab == "corpus" or cfg.layer_choice == "block_influence"):
+    if not prompts and (options.decoder_vocab == "corpus" or options.layer_choice == "block_influence"):
         raise DistillError(
             "train.student.summarizer: teacher_layers measures its cut on training rows; none given"
         )
     vocab = None
-    if cfg.decoder_vocab == "corpus":
+    if options.decoder_vocab == "corpus":
         ids = {t for p in prompts for t in p}
         if extra_text:
             ids.update(
@@ -387,14 +389,14 @@ def cut_teacher(
         vocab = VocabMap.from_corpus(tokenizer, ids)
     influence = None
     total = teacher.config.num_hidden_layers
-    if cfg.layer_choice == "block_influence" and cfg.decoder_layers < total:
+    if options.layer_choice == "block_influence" and options.decoder_layers < total:
         sample = prompts[:INFLUENCE_ROWS]
         ids, mask = pad(sample, 0), length_mask(sample)
         influence = block_influence(
             teacher.model, [(ids[i : i + 4], mask[i : i + 4]) for i in range(0, len(sample), 4)]
         )
-    layers = choose_layers(total, cfg.decoder_layers, cfg.layer_choice, influence)
+    layers = choose_layers(total, options.decoder_layers, options.layer_choice, influence)
     summarizer = CausalSummarizer.from_teacher(
-        teacher, layers, vocab.kept if vocab else None, encoder_hidden, cfg.bridge
+        teacher, layers, vocab.kept if vocab else None, encoder_hidden, options.bridge
     )
     return summarizer, DecoderCodec(tokenizer, vocab), layers
