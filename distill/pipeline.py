@@ -11,11 +11,16 @@ from distill.core.config import PipelineConfig, deepspeed_zero_stage, read_pipel
 from distill.core.config.loader import build
 from distill.core.errors import ConfigError
 from distill.student.summarizers import summarizer_class
-from distill.tasks import task_for
+from distill.tasks import kind_class, task_for
 from distill.teach.teachers import backend_class
 from distill.train.weighting import weighting_class
 
-PLUGINS = {"weighting": weighting_class, "teacher": backend_class, "summarizer": summarizer_class}
+PLUGINS = {
+    "kind": kind_class,
+    "weighting": weighting_class,
+    "teacher": backend_class,
+    "summarizer": summarizer_class,
+}
 """The registries whose plugins' options the loader reads from their sections."""
 
 

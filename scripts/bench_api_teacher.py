@@ -21,14 +21,15 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from distill.core.config import TaskConfig, TeacherConfig  # noqa: E402
+from distill.core.config import TeacherConfig  # noqa: E402
 from distill.pipeline import section  # noqa: E402
+from distill.tasks import task_config  # noqa: E402
 from distill.teach.cache import AnswerCache  # noqa: E402
 from distill.teach.prompts import classification_prompt, template_version  # noqa: E402
 from distill.teach.teachers.cached import CachedTeacher  # noqa: E402
 from distill.teach.teachers.openai.client import APITeacher  # noqa: E402
 
-TASK = TaskConfig(name="reviews", kind="classification", data={}, labels={"great": "great", "other": "other"})
+TASK = task_config(name="reviews", kind="classification", labels={"great": "great", "other": "other"})
 
 
 def prompts(n: int, tag: str) -> list:
@@ -44,7 +45,8 @@ def run(url: str, concurrency: int, items: list, cache: AnswerCache) -> float:
     cfg = section(TeacherConfig, settings, "teach.teacher")
     cached = CachedTeacher(APITeacher(cfg), cache)
     start = time.perf_counter()
-    answers = cached.label_distribution(items, ["great", "other"], template_version(TASK))
+    version = template_version(TASK, TASK.options.labels)
+    answers = cached.label_distribution(items, ["great", "other"], version)
     elapsed = time.perf_counter() - start
     if any("error" in a for a in answers):
         raise SystemExit(f"failed items at concurrency {concurrency}: {answers[0]}")

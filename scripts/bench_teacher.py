@@ -77,7 +77,7 @@ def demo_prompts(cfg: PipelineConfig, items: int) -> tuple[list[Prompt], list[st
 
         shots = few_shot_examples(task, load_split(task, "train"), cfg.teach.few_shot)
     rows = load_split(task, "test")[:items]
-    return [classification_prompt(task, ex, shots) for ex in rows], list(task.labels.values())
+    return [classification_prompt(task, ex, shots) for ex in rows], list(task.options.labels.values())
 
 
 def before_teacher_class() -> type:

@@ -67,7 +67,6 @@ from distill.core.config import (  # noqa: E402
     EvalConfig,
     PipelineConfig,
     StudentConfig,
-    TaskConfig,
     TeachConfig,
     TrainConfig,
 )
@@ -75,7 +74,7 @@ from distill.core.data import read_jsonl, write_jsonl  # noqa: E402
 from distill.core.layout import output_path  # noqa: E402
 from distill.core.losses import distillation_loss  # noqa: E402
 from distill.student.model import Student, build_student  # noqa: E402
-from distill.tasks import load_split, task_for, tasks_for  # noqa: E402
+from distill.tasks import load_split, task_config, task_for, tasks_for  # noqa: E402
 from distill.train.batches import MultiTaskSchedule  # noqa: E402
 
 TASK = "fine_foods"
@@ -105,7 +104,7 @@ def pipeline(run_dir: Path, args: argparse.Namespace, deepspeed_json: str) -> Pi
     """A one-task pipeline whose single epoch is exactly ``warmup + steps`` micro-batches."""
     rows = (args.warmup + args.steps) * args.batch_size
     data = str(REPO / "data" / TASK / "train.jsonl")
-    task = TaskConfig(
+    task = task_config(
         name=TASK,
         kind="classification",
         data={"train": data},
@@ -133,7 +132,7 @@ def pipeline(run_dir: Path, args: argparse.Namespace, deepspeed_json: str) -> Pi
 def synthetic_teach_rows(cfg: PipelineConfig) -> list[dict[str, Any]]:
     """Rows as ``distill teach`` writes them, the teacher's distribution being the smoothed gold label."""
     task = cfg.tasks[0]
-    names = task.label_names
+    names = list(task.options.labels)
     rows = []
     for example in load_split(task, "train"):
         gold = names.index(example["label"])

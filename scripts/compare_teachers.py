@@ -109,7 +109,7 @@ def main() -> None:
                 "test_rows": len(test),
                 "temperature": round(fitted["temperature"], 3),
                 "items_per_s": round(asked / seconds, 2) if asked else None,
-                **score(test, task.label_names, prior, fitted["temperature"]),
+                **score(test, list(task.options.labels), prior, fitted["temperature"]),
             }
         )
     print_table(results)

@@ -13,9 +13,9 @@ import sys
 
 import torch
 
-from distill.core.config import StudentConfig, TaskConfig
+from distill.core.config import StudentConfig
 from distill.student.model import build_student
-from distill.tasks import task_for
+from distill.tasks import task_config, task_for
 from distill.train import distributed as dist
 from distill.train.recipe import TrainModule
 from distill.train.weighting import METHODS, SharedParameters, build_weighting
@@ -25,7 +25,7 @@ ROWS = 4  # global rows per task; each of the 2 ranks takes 2
 
 def tasks():
     return [
-        task_for(TaskConfig(name=name, kind="classification", data={}, labels={"a": "a", "b": "b", "c": "c"}))
+        task_for(task_config(name=name, kind="classification", labels={"a": "a", "b": "b", "c": "c"}))
         for name in ("left", "right")
     ]
 

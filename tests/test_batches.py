@@ -5,18 +5,18 @@ import random
 import pytest
 import torch
 
-from distill.core.config import TaskConfig, TrainConfig
+from distill.core.config import TrainConfig
 from distill.core.errors import DistillError
 from distill.core.losses import IGNORE_INDEX
 from distill.student.model import StudentSpec
 from distill.student.tokens import encode_targets
-from distill.tasks import Task, task_for
+from distill.tasks import Task, task_config, task_for
 from distill.train.batches import MultiTaskSchedule, TaskTensors, rank_slice
 
-PAPERS = task_for(TaskConfig(name="papers", kind="summarization", data={}))
-REVIEWS = task_for(TaskConfig(name="reviews", kind="classification", data={}, labels={"a": "a", "b": "b"}))
+PAPERS = task_for(task_config(name="papers", kind="summarization"))
+REVIEWS = task_for(task_config(name="reviews", kind="classification", labels={"a": "a", "b": "b"}))
 NLI = task_for(
-    TaskConfig(
+    task_config(
         name="nli", kind="sentence_pair", data={}, labels={"a": "a", "b": "b"}, text_pair_field="other"
     )
 )

@@ -190,11 +190,13 @@ def test_every_ablate_variant_loads(path, monkeypatch):
 @pytest.mark.parametrize("path", PIPELINES, ids=lambda p: p.name)
 @pytest.mark.parametrize("overrides", [[], ["train.weighting.method=dwa", "train.weighting.window=7"]])
 def test_resolved_config_loads_again_as_a_pipeline(path, overrides, tmp_path, monkeypatch):
-    """What a manifest records (to_dict) is itself a pipeline file giving the same config."""
+    """What a manifest records (to_dict) is itself a pipeline file giving the same config, down to
+    the plugin options of sections the file leaves out."""
     monkeypatch.chdir(REPO)
-    resolved = load_pipeline(path, overrides).to_dict()
-    again = load_pipeline(_write(tmp_path, resolved)).to_dict()
-    assert again == resolved
+    cfg = load_pipeline(path, overrides)
+    resolved = cfg.to_dict()
+    again = load_pipeline(_write(tmp_path, resolved))
+    assert again == cfg and again.to_dict() == resolved
     if overrides:
         assert resolved["train"]["weighting"] == {"method": "dwa", "window": 7, "temperature": 2.0}
 

@@ -17,6 +17,7 @@ from distill.student.summarizers.teacher_layers.decoder import (
     choose_layers,
     cut_teacher,
 )
+from distill.tasks import task_config
 
 
 def _teacher(path):
@@ -166,7 +167,6 @@ def test_cut_teacher_measures_on_the_corpus(tiny_bpe_teacher):
 
 
 def test_an_api_answer_without_its_stop_token_still_ends(bpe_tokenizer):
-    from distill.core.config import TaskConfig
     from distill.student.summarizers.teacher_layers.decoder import teacher_targets
     from distill.tasks import task_for
 
@@ -185,7 +185,7 @@ def test_an_api_answer_without_its_stop_token_still_ends(bpe_tokenizer):
     }
     target = teacher_targets(codec, row, 16)
     assert target == [*ids, codec.end_id]
-    task = task_for(TaskConfig(name="papers", kind="summarization", data={}))
+    task = task_for(task_config(name="papers", kind="summarization"))
     top_ids, top_lp = task._top(codec, row, len(target))
     assert len(top_ids) == len(target) and top_ids[-1] == [codec.end_id, codec.end_id]
     assert top_lp[-1] == [0.0, -1e4]

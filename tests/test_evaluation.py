@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from distill.core.config import EvalConfig, TaskConfig
+from distill.core.config import EvalConfig
 from distill.core.config.eval import Gate
 from distill.core.devices import eval_device
 from distill.core.errors import ConfigError, DistillError
@@ -29,12 +29,7 @@ from distill.eval.speed import time_slice
 from distill.pipeline import load as load_pipeline
 from tests.conftest import REPO, pipeline_dict, write_pipeline
 
-TASK = TaskConfig(
-    name="reviews",
-    kind="classification",
-    data={"train": "t.jsonl"},
-    labels={"great": "great", "other": "other"},
-)
+LABELS = ["great", "other"]
 
 
 # sklearn.metrics.f1_score(gold, pred, average="macro"), computed once with scikit-learn 1.9.1.
@@ -118,7 +113,7 @@ def test_majority_baseline_on_a_crafted_split():
     gold = ["great", "other", "other", "great", "other", None]
     test = rows(gold, [True, True, False, False, False, True])
     student = np.array([[0.9, 0.1], [0.1, 0.9], [0.2, 0.8], [0.6, 0.4], [0.3, 0.7], [0.5, 0.5]])  # all right
-    m = classification_metrics(TASK, test, student, train, bootstrap_indices(6, 200, seed=0))
+    m = classification_metrics(LABELS, test, student, train, bootstrap_indices(6, 200, seed=0))
     base = m["majority_baseline"]
     assert base["label"] == "other" and base["train_share"] == 0.375  # 3 of train's 8 gold rows
     assert base["accuracy"] == 0.6  # "other" on 3 of the 5 gold rows
@@ -134,9 +129,9 @@ def test_majority_baseline_on_a_crafted_split():
 
 
 def test_majority_label_ties_go_to_the_first_label():
-    assert majority_label(TASK, np.array([1, 0, 0, 1, -1, -1])) == "great"
-    assert majority_label(TASK, np.array([1, 0, 1, -1])) == "other"
-    assert majority_label(TASK, np.array([-1, -1])) is None
+    assert majority_label(LABELS, np.array([1, 0, 0, 1, -1, -1])) == "great"
+    assert majority_label(LABELS, np.array([1, 0, 1, -1])) == "other"
+    assert majority_label(LABELS, np.array([-1, -1])) is None
 
 
 def test_majority_baseline_without_gold_in_train():
@@ -144,7 +139,7 @@ def test_majority_baseline_without_gold_in_train():
     gold = ["other", "other", "great", "other"]
     test = rows(gold, [True] * 4)  # a teacher right on every row: above the baseline
     student = np.array([[0.2, 0.8]] * 4)  # always "other": exactly the baseline
-    m = classification_metrics(TASK, test, student, train_rows([None] * 6), bootstrap_indices(4, 300, 0))
+    m = classification_metrics(LABELS, test, student, train_rows([None] * 6), bootstrap_indices(4, 300, 0))
     base = m["majority_baseline"]
     assert base["label"] == "other" and base["train_share"] is None
     assert base["accuracy"] == 0.75
@@ -159,7 +154,7 @@ def test_majority_baseline_without_gold_in_train():
 def test_no_gold_on_the_scored_split_says_there_is_no_baseline():
     test = rows([None] * 4, [True] * 4)
     student = np.array([[0.9, 0.1]] * 4)
-    m = classification_metrics(TASK, test, student, train_rows(["great"] * 3), bootstrap_indices(4, 200, 0))
+    m = classification_metrics(LABELS, test, student, train_rows(["great"] * 3), bootstrap_indices(4, 200, 0))
     assert m["majority_baseline"] is None
     assert "no majority-class baseline" in m["majority_baseline_note"]
     assert baseline_warnings({"tasks": {"reviews": m}}) == []
@@ -214,7 +209,7 @@ def test_student_and_teacher_intervals_are_paired():
     gold = ["great", "other"] * 10
     test = rows(gold, [i % 3 != 0 for i in range(20)])
     teacher = np.array([r["teacher_distribution"] for r in test])
-    m = classification_metrics(TASK, test, teacher.copy(), train_rows(gold), bootstrap_indices(20, 300, 1))
+    m = classification_metrics(LABELS, test, teacher.copy(), train_rows(gold), bootstrap_indices(20, 300, 1))
     # Same rows in every resample: a student equal to the teacher gets the teacher's intervals.
     assert m["student"]["accuracy_ci95"] == m["teacher"]["accuracy_ci95"]
     assert m["student"]["macro_f1_ci95"] == m["teacher"]["macro_f1_ci95"]
@@ -231,7 +226,7 @@ def test_accuracy_gap_is_paired_per_row():
     teacher = np.array([r["teacher_distribution"] for r in test])
     student = teacher.copy()
     student[:5] = student[:5, ::-1]  # the student flips rows 0-4: wrong on 5 of 20
-    m = classification_metrics(TASK, test, student, train_rows(gold), bootstrap_indices(20, 500, 2))
+    m = classification_metrics(LABELS, test, student, train_rows(gold), bootstrap_indices(20, 500, 2))
     assert m["student_minus_teacher_accuracy"] == pytest.approx(-0.25)
     assert m["student"]["accuracy"] - m["teacher"]["accuracy"] == pytest.approx(-0.25)
     lo, hi = m["student_minus_teacher_accuracy_ci95"]
@@ -408,7 +403,7 @@ def test_markdown_shows_intervals_and_bold_warnings():
     gold = ["great", "other"] * 10
     test = rows(gold, [True] * 20)
     report["tasks"]["reviews"] = classification_metrics(
-        TASK, test, np.array([[0.9, 0.1]] * 20), train_rows(gold), bootstrap_indices(20, 200, 0)
+        LABELS, test, np.array([[0.9, 0.1]] * 20), train_rows(gold), bootstrap_indices(20, 200, 0)
     )
     text = markdown(report)
     assert "**Warning: reviews: the teacher's accuracy 0.500" in text

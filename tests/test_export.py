@@ -18,7 +18,7 @@ from distill.ship.export.classifier import exported_probs
 from distill.ship.export.run import EXPORT_FILE, export, teach_rows
 from distill.student.model import load_student
 from distill.student.summarizers.teacher_layers.decoder import prompt_parts
-from distill.tasks import task_from_student
+from distill.tasks import task_config, task_from_student
 from tests.conftest import review
 
 
@@ -126,7 +126,6 @@ def _rows(n: int, seed: int = 3) -> list[dict]:
 
 
 def _task(name: str, kind: str):
-    from distill.core.config import TaskConfig
     from distill.tasks import task_for
 
     extra: dict = {}
@@ -134,7 +133,7 @@ def _task(name: str, kind: str):
         extra["labels"] = {"great": "great", "other": "other"}
     if kind == "sentence_pair":
         extra["text_pair_field"] = "text_pair"
-    return task_for(TaskConfig(name=name, kind=kind, data={}, **extra))
+    return task_for(task_config(name=name, kind=kind, data={}, **extra))
 
 
 def _save(student, tokenizer, folder: Path) -> Path:

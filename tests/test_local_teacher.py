@@ -13,6 +13,7 @@ import torch
 from distill.core.config import TaskConfig, TeacherConfig
 from distill.core.errors import DistillError
 from distill.pipeline import section
+from distill.tasks import task_config
 from distill.teach.prompts import classification_prompt, summary_prompt
 from distill.teach.teachers.answers import distribution_from_logprobs, label_token_groups
 from distill.teach.teachers.local import LocalTeacher, _shared_length, distribution_from_token_logprobs
@@ -60,7 +61,7 @@ def test_local_and_api_teachers_read_the_same_class_distribution(bert_tokenizer)
 
 def _prompts(n: int, seed: int = 0) -> tuple[TaskConfig, list]:
     rng = random.Random(seed)
-    task = TaskConfig(
+    task = task_config(
         name="reviews", kind="classification", data={}, labels={"great": "great", "other": "other"}
     )
     shots = [{"text": review(rng, good), "label": "great" if good else "other", "id": "s"} for good in (1, 0)]
@@ -187,7 +188,7 @@ def test_an_instruction_longer_than_the_input_budget_fails_before_any_batch(tiny
 
 def test_summaries_generate_from_the_same_tokens(tiny_teacher):
     teacher = _teacher(tiny_teacher, CHAT_TEMPLATE, batch_size=1, max_new_tokens=6)
-    task = TaskConfig(name="papers", kind="summarization", data={})
+    task = task_config(name="papers", kind="summarization")
     prompts = [summary_prompt(task, {"document": review(random.Random(i), True)}) for i in range(3)]
     answers = dict(teacher.summarize(prompts))
     for i, prompt in enumerate(prompts):

@@ -13,7 +13,7 @@ from safetensors.torch import load_file
 from distill.core.errors import ConfigError
 from distill.pipeline import load as load_pipeline
 from distill.student.sharing import gradient_reversal, orthogonality_penalty
-from distill.tasks import task_for
+from distill.tasks import task_config, task_for
 from distill.train.distributed import free_port
 from tests.conftest import REPO, pipeline_dict, write_pipeline
 from tests.test_pipeline import distill
@@ -37,10 +37,9 @@ def test_orthogonality_penalty_by_hand():
 
 
 def test_sentence_pair_tokenization_marks_the_second_text(bert_tokenizer):
-    from distill.core.config import TaskConfig
 
     task = task_for(
-        TaskConfig(
+        task_config(
             name="p", kind="sentence_pair", data={}, text_pair_field="b", labels={"y": "yes", "n": "no"}
         )
     )
@@ -195,7 +194,7 @@ def test_ablate_end_to_end(tmp_path, tiny_encoder, tiny_teacher):
 
 
 def test_per_task_soft_weight_and_temperature_override_the_train_section():
-    from distill.core.config import TaskConfig, TrainConfig
+    from distill.core.config import TrainConfig
     from distill.core.losses import distillation_loss
 
     logits = torch.tensor([[2.0, -1.0], [0.0, 1.0]])
@@ -212,7 +211,7 @@ def test_per_task_soft_weight_and_temperature_override_the_train_section():
 
     def task(**overrides):
         return task_for(
-            TaskConfig(name="t", kind="classification", data={}, labels={"a": "a", "b": "b"}, **overrides)
+            task_config(name="t", kind="classification", labels={"a": "a", "b": "b"}, **overrides)
         )
 
     got = task(soft_weight=0.9, kd_temperature=4.0).loss(model, inputs, train)["loss"]
@@ -227,10 +226,9 @@ def test_per_task_soft_weight_and_temperature_override_the_train_section():
 
 
 def test_each_summarization_task_reads_its_own_prefix(bert_tokenizer):
-    from distill.core.config import TaskConfig
 
-    news = task_for(TaskConfig(name="news", kind="summarization", data={}))
-    papers = task_for(TaskConfig(name="papers", kind="summarization", data={}, prefix="summarize paper: "))
+    news = task_for(task_config(name="news", kind="summarization"))
+    papers = task_for(task_config(name="papers", kind="summarization", prefix="summarize paper: "))
     rows = [{"document": "the council met on monday"}]
     assert bert_tokenizer.decode(news.encode(rows, bert_tokenizer, 32)[0], skip_special_tokens=True) == (
         "news : the council met on monday"
@@ -273,7 +271,6 @@ def test_ablation_verdicts_from_constructed_scores(tmp_path):
     above 0, to straddle it, or to lie below it; the verdicts and the table say so."""
     import numpy as np
 
-    from distill.core.config import TaskConfig
     from distill.ops.ablate import markdown, tabulate, verdicts
 
     n, seeds = 100, [0, 1, 2]
@@ -290,7 +287,7 @@ def test_ablation_verdicts_from_constructed_scores(tmp_path):
         "losses": (partly, [every] * 3),
     }
     names = {"great": "great", "other": "other"}
-    tasks = {t: task_for(TaskConfig(name=t, kind="classification", data={}, labels=names)) for t in systems}
+    tasks = {t: task_for(task_config(name=t, kind="classification", labels=names)) for t in systems}
     results = {"mtl": {}, **{f"single/{t}": {} for t in systems}}
     for k, seed in enumerate(seeds):
         record = {"train_s": 1.0, "parameters": 1000}

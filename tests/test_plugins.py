@@ -1,10 +1,11 @@
-"""A new plugin is one file plus one registry line: a weighting method and a teacher backend
-defined here (their "file") and registered with one ``setitem`` (their line) are chosen,
+"""A new plugin is one file plus one registry line: a weighting method, a teacher backend and a
+task kind defined here (their "file") and registered with one ``setitem`` (their line) are chosen,
 configured, checked and listed through the pipeline file with no edit anywhere else."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import ClassVar
 
 import pytest
@@ -14,6 +15,8 @@ import yaml
 from distill.core.config.loader import described
 from distill.core.errors import ConfigError
 from distill.pipeline import load as load_pipeline
+from distill.tasks import KINDS, task_for
+from distill.tasks.classification import Classification, ClassificationOptions
 from distill.teach.teachers import BACKENDS
 from distill.teach.teachers.local import LocalTeacher
 from distill.train.weighting import METHODS, build_weighting
@@ -47,6 +50,23 @@ class Frozen(LocalTeacher):
     class Options(LocalTeacher.Options):
         seed: int = 0
         """The made-up backend's own option."""
+
+
+@dataclass
+class TaggedOptions(ClassificationOptions):
+    tag_field: str = "tag"
+    """The column whose value is read before the text."""
+
+
+class Tagged(Classification):
+    """Classification of "TAG: text" (a made-up kind with one option of its own)."""
+
+    kind = "tagged"
+    Options = TaggedOptions
+
+    def example(self, row, index, where):
+        example = super().example(row, index, where)
+        return {**example, "text": f"{row[self.options.tag_field]}: {example['text']}"}
 
 
 def pipeline(tmp_path, **sections) -> str:
@@ -130,3 +150,64 @@ def test_a_summarizer_owns_its_options(tmp_path):
         load_pipeline(pipeline(tmp_path, train={"student": {"decoder_layers": 3}}))  # bert2bert
     with pytest.raises(ConfigError, match=r"train\.student\.decoder_layers: must be >= 2"):
         load_pipeline(pipeline(tmp_path, train={"student": {**student, "decoder_layers": 1}}))
+
+
+def test_a_new_task_kind_is_one_file_and_one_line(tmp_path, monkeypatch):
+    monkeypatch.setitem(KINDS, Tagged.kind, Tagged)  # the registry line
+    path = pipeline(tmp_path)
+    data = yaml.safe_load(Path(path).read_text())
+    data["tasks"][0].update(kind="tagged", tag_field="source", text_field="body")
+    Path(path).write_text(yaml.safe_dump(data))
+    cfg = load_pipeline(path)
+    assert cfg.tasks[0].options == TaggedOptions(
+        text_field="body", labels={"yes": "yes", "no": "no"}, tag_field="source"
+    )
+    listed = {key: (kind, value, doc) for key, kind, value, doc in described(cfg)}
+    assert listed["tasks.a.tag_field"] == ("str", "source", "The column whose value is read before the text.")
+    assert listed["tasks.a.labels"][1] == {"yes": "yes", "no": "no"}  # inherited options listed too
+    assert "tasks.b.tag_field" not in listed  # b is a plain classification task
+    assert cfg.to_dict()["tasks"][0]["tag_field"] == "source"  # flat, as the file writes it
+    task = task_for(cfg.tasks[0])
+    row = {"body": "fine", "source": "email", "label": "yes"}
+    assert task.example(row, 0, "here")["text"] == "email: fine"
+    # the resolved pipeline, written back as a file, loads to the same config
+    again = tmp_path / "again.yaml"
+    again.write_text(yaml.safe_dump(cfg.to_dict()))
+    assert load_pipeline(again) == cfg
+    # another kind has not got the key, and says which keys it has
+    data["tasks"][1]["tag_field"] = "source"
+    Path(path).write_text(yaml.safe_dump(data))
+    with pytest.raises(
+        ConfigError,
+        match=r"tasks\[1\]\.tag_field: unknown key .*for this kind: text_field, label_field, labels\)$",
+    ):
+        load_pipeline(path)
+
+
+def test_a_kinds_keys_belong_to_it(tmp_path):
+    """labels are a classification kind's; a summarization task refuses them by name, and the
+    second text's field is a sentence pair's."""
+    path = pipeline(tmp_path)
+    data = yaml.safe_load(Path(path).read_text())
+    data["tasks"][1] = {
+        "name": "s",
+        "kind": "summarization",
+        "data": {"train": "s.jsonl"},
+        "labels": {"a": "a"},
+    }
+    Path(path).write_text(yaml.safe_dump(data))
+    with pytest.raises(
+        ConfigError, match=r"tasks\[1\]\.labels: unknown key .*for this kind: document_field, reference_field"
+    ):
+        load_pipeline(path)
+    data["tasks"][1] = {**data["tasks"][0], "name": "p", "text_pair_field": "second"}
+    Path(path).write_text(yaml.safe_dump(data))
+    with pytest.raises(ConfigError, match=r"tasks\[1\]\.text_pair_field: unknown key"):
+        load_pipeline(path)
+    data["tasks"][1]["kind"] = "sentence_pair"
+    Path(path).write_text(yaml.safe_dump(data))
+    assert load_pipeline(path).tasks[1].options.text_pair_field == "second"
+    del data["tasks"][1]["kind"]
+    Path(path).write_text(yaml.safe_dump(data))
+    with pytest.raises(ConfigError, match=r"tasks\[1\]\.kind: required key is missing"):
+        load_pipeline(path)

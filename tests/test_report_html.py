@@ -14,7 +14,6 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from distill.core.config import TaskConfig
 from distill.eval.metrics.bootstrap import bootstrap_indices
 from distill.eval.metrics.classification import (
     classification_metrics,
@@ -64,12 +63,7 @@ def test_confusion_matrix_by_hand():
     assert three == [[1, 1, 1], [0, 0, 0], [0, 0, 1]]  # counts[gold][predicted]
 
 
-TASK = TaskConfig(
-    name="reviews",
-    kind="classification",
-    data={"train": "t.jsonl"},
-    labels={"great": "great", "other": "other"},
-)
+LABELS = ["great", "other"]
 
 
 def test_classification_report_holds_both_models_figure_data_on_gold_rows_only():
@@ -81,7 +75,7 @@ def test_classification_report_holds_both_models_figure_data_on_gold_rows_only()
     ]
     student = np.array([[0.75, 0.25], [0.45, 0.55], [0.45, 0.55], [0.99, 0.01]])
     train = [{"label": "great"}, {"label": "other"}]
-    m = classification_metrics(TASK, test, student, train, bootstrap_indices(4, 20, 0))
+    m = classification_metrics(LABELS, test, student, train, bootstrap_indices(4, 20, 0))
     assert m["labels"] == ["great", "other"]
     # teacher: great→great, other→other, other→great; confidences 0.92, 0.65, 0.82.
     assert m["teacher"]["confusion"] == [[1, 0], [1, 1]]

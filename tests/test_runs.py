@@ -303,11 +303,10 @@ def test_random_sample_is_deterministic_ordered_and_stable_under_appends():
 
 
 def test_random_sample_through_the_config(tmp_path):
-    from distill.core.config import TaskConfig
-    from distill.tasks import load_split
+    from distill.tasks import load_split, task_config
 
     source = write_jsonl(tmp_path / "t.jsonl", [{"text": f"text {i}", "label": "a"} for i in range(50)])
-    cfg = TaskConfig(
+    cfg = task_config(
         name="t", kind="classification", data={"train": source}, labels={"a": "a", "b": "b"},
         max_rows={"train": 10}, sample="random", sample_seed=3,
     )  # fmt: skip

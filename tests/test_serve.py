@@ -24,6 +24,7 @@ from distill.ship.serve.app import create_app
 from distill.ship.serve.batching import padded_tokens, run_by_length, token_budget_batches
 from distill.ship.serve.protocol import message_text
 from distill.ship.serve.service import served_tasks
+from distill.tasks import task_config
 from tests.conftest import REPO
 
 MAX_CHARS = 300
@@ -445,11 +446,11 @@ def test_a_folder_without_a_student_fails_before_listening(tmp_path):
 
 def test_sentence_pairs_are_served_with_segments(tmp_path, tiny_encoder):
     """A (random) student with a sentence_pair head: text_pairs go through SentencePair.encode."""
-    from distill.core.config import StudentConfig, TaskConfig
+    from distill.core.config import StudentConfig
     from distill.student.model import build_student, load_student, save_student
     from distill.tasks import task_for
 
-    cfg = TaskConfig(
+    cfg = task_config(
         "para", "sentence_pair", {}, text_pair_field="b", labels={"same": "yes", "different": "no"}
     )
     student, tokenizer = build_student(StudentConfig(encoder=tiny_encoder, max_length=32), [task_for(cfg)])

@@ -4,22 +4,22 @@ import json
 import pytest
 import torch
 
-from distill.core.config import StudentConfig, TaskConfig
+from distill.core.config import StudentConfig
 from distill.core.errors import DistillError
 from distill.core.losses import IGNORE_INDEX
 from distill.student.model import build_student, load_student, save_student
 from distill.student.tokens import decoder_inputs, decoder_special_tokens
-from distill.tasks import task_for
+from distill.tasks import task_config, task_for
 from distill.train.recipe import decay_groups, optimizer_groups
 
 TASK_CONFIGS = [
-    TaskConfig(
+    task_config(
         name="reviews",
         kind="classification",
         data={"train": "x.jsonl"},
         labels={"a": "a", "b": "b", "c": "c"},
     ),
-    TaskConfig(name="papers", kind="summarization", data={"train": "y.jsonl"}),
+    task_config(name="papers", kind="summarization", data={"train": "y.jsonl"}),
 ]
 TASKS = [task_for(t) for t in TASK_CONFIGS]
 

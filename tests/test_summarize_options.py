@@ -8,7 +8,7 @@ import torch
 from safetensors.torch import load_file
 
 from distill.pipeline import load as load_pipeline
-from distill.tasks import tasks_for
+from distill.tasks import task_config, tasks_for
 from tests.conftest import pipeline_dict, write_pipeline
 from tests.test_pipeline import distill
 
@@ -157,12 +157,12 @@ def test_token_kd_needs_the_decoder_to_have_the_teachers_vocabulary(
 
 
 def test_warmup_without_long_enough_text_is_an_error(tiny_encoder):
-    from distill.core.config import StudentConfig, TaskConfig, WarmupConfig
+    from distill.core.config import StudentConfig, WarmupConfig
     from distill.core.errors import DistillError
     from distill.student.model import build_student
     from distill.tasks import task_for
 
-    task = task_for(TaskConfig(name="papers", kind="summarization", data={}))
+    task = task_for(task_config(name="papers", kind="summarization"))
     cfg = StudentConfig(encoder=tiny_encoder, warmup=WarmupConfig(steps=2, length=64))
     with pytest.raises(DistillError, match="warmup.length"):
         build_student(cfg, [task], None, ["too short"])

@@ -3,9 +3,8 @@ seeded sample of validation rows it scores."""
 
 import pytest
 
-from distill.core.config import TaskConfig
 from distill.core.data import sample_rows
-from distill.tasks import task_for
+from distill.tasks import task_config, task_for
 from distill.train.validation import select_step, validation_rows
 from tests.conftest import write_jsonl
 
@@ -71,7 +70,7 @@ def test_rows_without_gold_are_skipped_pairwise():
 def test_validation_rows_are_a_seeded_sample_not_the_first_n(tmp_path):
     rows = [{"text": f"text {i}", "label": "a" if i % 2 else "b"} for i in range(60)]
     source = write_jsonl(tmp_path / "v.jsonl", rows)
-    cfg = TaskConfig(
+    cfg = task_config(
         name="t", kind="classification", data={"train": source, "validation": source},
         labels={"a": "a", "b": "b"},
     )  # fmt: skip

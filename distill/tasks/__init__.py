@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from distill.core.config import TaskConfig
+from distill.core.config.loader import build
 from distill.core.errors import ConfigError
 from distill.tasks.base import Task, TimedCalls
 from distill.tasks.classification import Classification
@@ -22,6 +23,7 @@ __all__ = [
     "load_split",
     "task_for",
     "task_from_student",
+    "task_config",
     "tasks_for",
 ]
 
@@ -44,21 +46,21 @@ def tasks_for(pipeline: PipelineConfig) -> list[Task]:
     return [task_for(t) for t in pipeline.tasks]
 
 
+def task_config(**keys: Any) -> TaskConfig:
+    """A TaskConfig from the keys of a pipeline file's task entry (``name``, ``kind``, ``data``,
+    the kind's own options flat beside them), checked as the pipeline loader checks them: for
+    code and tests that need a task without a pipeline file."""
+    keys.setdefault("data", {})
+    return build(TaskConfig, keys, f"tasks.{keys.get('name')}", {"kind": kind_class})
+
+
 def task_from_student(name: str, entry: dict[str, Any]) -> Task:
     """The task ``name`` of a saved student, rebuilt from its spec entry alone (a student folder
     has no pipeline file), for the student side only: encode, student_probs and
-    student_summaries read the name, kind, labels and prefix (and the student's spec for the
-    rest); verbalizers and data, which only the teacher and the data loader read, are unknown."""
-    return task_for(
-        TaskConfig(
-            name=name,
-            kind=entry["kind"],
-            data={},
-            labels={label: label for label in entry["labels"] or []},
-            text_pair_field="text_pair" if kind_class(entry["kind"]).pairs else None,
-            prefix=entry.get("prefix"),
-        )
-    )
+    student_summaries read the name, kind, labels and prefix (``Task.spec_options``); verbalizers
+    and data, which only the teacher and the data loader read, are unknown."""
+    cls = kind_class(entry["kind"])
+    return cls(TaskConfig(name=name, kind=entry["kind"], data={}, options=cls.spec_options(entry)))
 
 
 def load_split(cfg: TaskConfig, split: str) -> list:

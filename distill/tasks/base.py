@@ -4,7 +4,9 @@ on the kind's name."""
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from tqdm import tqdm
@@ -27,19 +29,42 @@ TimedCalls = dict[str, tuple[Callable[[Any], Any], list[Any]]]
 """Model ("student", "teacher") → (a call on a list of items, the items it is timed on)."""
 
 
+@dataclass
+class NoOptions:
+    """A kind with no keys of its own."""
+
+
 class Task:
     """One configured task of some kind. Subclasses fill in every method."""
 
     kind: ClassVar[str]
+    Options: ClassVar[type] = NoOptions
+    """The kind's own keys: a dataclass the loader reads from the task's entry, beside the keys
+    every task has (distill/core/config/task.py); ``task.options`` holds them."""
     generates_text: ClassVar[bool] = False
     """Writes text through the student's shared decoder (and so has no label head)."""
 
     def __init__(self, cfg: TaskConfig):
-        try:
-            self.check_config(cfg)
-        except ConfigError as e:
-            raise ConfigError(f"tasks.{cfg.name}.{e}" if str(e).startswith("kind ") else str(e)) from None
+        if cfg.options is None:
+            cfg = dataclasses.replace(cfg, options=self.Options())
+        elif not isinstance(cfg.options, self.Options):
+            raise ConfigError(
+                f"tasks.{cfg.name}: options are {type(cfg.options).__name__}, not kind {self.kind}'s "
+                f"{self.Options.__name__}"
+            )
+        self.check_config(cfg)
         self.cfg = cfg
+
+    @property
+    def options(self) -> Any:
+        """The kind's own keys (``Options``)."""
+        return self.cfg.options
+
+    @classmethod
+    def spec_options(cls, entry: dict[str, Any]) -> Any:
+        """The kind's options as far as a saved student's spec entry tells them (a student folder
+        has no pipeline file): what the student side reads (``task_from_student``)."""
+        return cls.Options()
 
     @property
     def name(self) -> str:
@@ -47,7 +72,7 @@ class Task:
 
     @classmethod
     def check_config(cls, cfg: TaskConfig) -> None:
-        """Raise ConfigError for a task config this kind cannot run."""
+        """Raise ConfigError for a task config this kind cannot run (``cfg.options`` is set)."""
 
     def check_pipeline(self, pipeline: PipelineConfig) -> None:
         """Raise ConfigError for pipeline settings this task cannot run under."""

@@ -5,6 +5,7 @@ soft_weight · T²·KL + (1 − soft_weight) · CE."""
 from __future__ import annotations
 
 import sys
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -21,20 +22,30 @@ from distill.teach.prompts import classification_prompt, few_shot_examples, temp
 from distill.train.batches import TaskTensors
 
 
+@dataclass
+class ClassificationOptions:
+    text_field: str = "text"
+    """The input text column."""
+    label_field: str | None = "label"
+    """Gold label column; rows may lack it (then the teacher's argmax is the hard label)."""
+    labels: dict[str, str] = field(default_factory=dict)
+    """Label → verbalizer, the word the teacher answers with."""
+
+
 class Classification(Task):
     kind = "classification"
     headline = "accuracy"
+    Options = ClassificationOptions
 
     @classmethod
     def check_config(cls, cfg) -> None:
         where = f"tasks.{cfg.name}"
-        if len(cfg.labels) < 2:
+        labels = cfg.options.labels
+        if len(labels) < 2:
             raise ConfigError(f"{where}.labels: a classification task needs at least two labels")
-        for label, verbalizer in cfg.labels.items():
+        for label, verbalizer in labels.items():
             if not str(verbalizer).strip():
                 raise ConfigError(f"{where}.labels.{label}: empty verbalizer")
-        if cfg.text_pair_field and cls is Classification:  # subclasses (pairs) read it
-            raise ConfigError(f"{where}.text_pair_field: two texts per row is kind: sentence_pair")
 
     def check_pipeline(self, pipeline) -> None:
         cal, teach = pipeline.teach.calibration, pipeline.teach
@@ -61,26 +72,31 @@ class Classification(Task):
                     f"eval.split {pipeline.eval.split!r}"
                 )
 
+    @classmethod
+    def spec_options(cls, entry):
+        return cls.Options(labels={label: label for label in entry["labels"] or []})
+
     @property
     def labels(self) -> list[str]:
-        return self.cfg.label_names
+        return list(self.options.labels)
 
     # --- data and teacher -------------------------------------------------------------------
     def example(self, row: dict[str, Any], index: int, where: str) -> Example:
         return {
             "id": str(row.get("id", index)),
-            "text": self._text(row, self.cfg.text_field, where, index),
+            "text": self._text(row, self.options.text_field, where, index),
             "label": self._label(row, index, where),
         }
 
     def _label(self, row: dict[str, Any], index: int, where: str) -> str | None:
-        label = row.get(self.cfg.label_field) if self.cfg.label_field else None
+        column = self.options.label_field
+        label = row.get(column) if column else None
         if label is None:
             return None
         label = str(label)
-        if label not in self.cfg.labels:
+        if label not in self.options.labels:
             raise DistillError(
-                f"{where}: row {index} has unknown label {label!r} (labels: {', '.join(self.cfg.labels)})"
+                f"{where}: row {index} has unknown label {label!r} (labels: {', '.join(self.labels)})"
             )
         return label
 
@@ -113,12 +129,13 @@ class Classification(Task):
         return few_shot_examples(self.cfg, pool, pipeline.teach.few_shot)
 
     def teach(self, cached, pipeline, examples, shots):
-        verbalizers = list(self.cfg.labels.values())
+        verbalizers = list(self.options.labels.values())
+        version = template_version(self.cfg, self.options.labels)
         answers = self._ask_splits(
             pipeline,
             examples,
             lambda exs, progress: cached.label_distribution(
-                [self.prompt(ex, shots) for ex in exs], verbalizers, template_version(self.cfg), progress
+                [self.prompt(ex, shots) for ex in exs], verbalizers, version, progress
             ),
         )
         cal = pipeline.teach.calibration
@@ -136,8 +153,8 @@ class Classification(Task):
             # being divided out is the one this prompt induces.
             got = cached.label_distribution(
                 [self.prompt(b, shots) for b in blanks],
-                list(self.cfg.labels.values()),
-                template_version(self.cfg),
+                list(self.options.labels.values()),
+                template_version(self.cfg, self.options.labels),
             )
             good = [a["distribution"] for a in got if "error" not in a]
             if not good:
@@ -290,7 +307,7 @@ class Classification(Task):
         probs = self.student_probs(student, tokenizer, rows, pipeline.eval.batch_size)
         train_rows = read_jsonl(output_path(pipeline, self.name, "train"))
         min_mass = pipeline.teach.teacher.min_label_mass
-        section = classification_metrics(self.cfg, rows, probs, train_rows, resamples, min_mass)
+        section = classification_metrics(self.labels, rows, probs, train_rows, resamples, min_mass)
         return section, self._scores(probs.argmax(-1), rows)
 
     def _scores(self, predicted: np.ndarray, rows) -> dict[str, np.ndarray]:
@@ -317,7 +334,7 @@ class Classification(Task):
             "student": (lambda b: self.student_probs(student, tokenizer, list(b), len(b)), rows)
         }
         if teacher is not None:
-            shots, verbalizers = self.shots(pipeline, None), list(self.cfg.labels.values())
+            shots, verbalizers = self.shots(pipeline, None), list(self.options.labels.values())
             prompts = [self.prompt(r, shots) for r in rows]
             calls["teacher"] = (lambda b: list(teacher.label_distribution(b, verbalizers)), prompts)
         return calls

@@ -7,29 +7,41 @@ This file is the whole kind: everything else is inherited from single-text class
 
 from __future__ import annotations
 
+from dataclasses import dataclass, replace
 from typing import Any
 
 from distill.core.data import Example
 from distill.core.errors import ConfigError
-from distill.tasks.classification import Classification
+from distill.tasks.classification import Classification, ClassificationOptions
+
+
+@dataclass
+class SentencePairOptions(ClassificationOptions):
+    text_pair_field: str | None = None
+    """The second text column (required)."""
 
 
 class SentencePair(Classification):
     kind = "sentence_pair"
     pairs = True
+    Options = SentencePairOptions
 
     @classmethod
     def check_config(cls, cfg) -> None:
         super().check_config(cfg)
-        if not cfg.text_pair_field:
+        if not cfg.options.text_pair_field:
             raise ConfigError(
                 f"tasks.{cfg.name}.text_pair_field: a sentence_pair task needs the second text's field"
             )
 
+    @classmethod
+    def spec_options(cls, entry):
+        return replace(super().spec_options(entry), text_pair_field="text_pair")
+
     def example(self, row: dict[str, Any], index: int, where: str) -> Example:
         return {
             **super().example(row, index, where),
-            "text_pair": self._text(row, self.cfg.text_pair_field, where, index),
+            "text_pair": self._text(row, self.options.text_pair_field, where, index),
         }
 
     def body(self, example: Example) -> str:

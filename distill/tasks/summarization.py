@@ -6,7 +6,7 @@ and knows which kind of summary to write."""
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
@@ -44,18 +44,31 @@ def shipped_decodings(pipeline, tasks: Iterable[Task]) -> dict[str, dict[str, An
     return entries or None
 
 
+@dataclass
+class SummarizationOptions:
+    document_field: str = "document"
+    """The document column."""
+    reference_field: str | None = "summary"
+    """Optional reference summary column."""
+    prefix: str | None = None
+    """What the student reads before each document, so the decoder the summarization tasks
+    share knows which one it writes for (default "NAME: ")."""
+    decoding: DecodingConfig | None = None
+    """How the student decodes this task's summaries (default: eval.decoding)."""
+
+
 class Summarization(Task):
     kind = "summarization"
     generates_text = True
     headline = "rougeL"
+    Options = SummarizationOptions
 
     @classmethod
-    def check_config(cls, cfg) -> None:
-        if cfg.labels:
-            raise ConfigError(f"tasks.{cfg.name}.labels: only classification tasks take labels")
+    def spec_options(cls, entry):
+        return cls.Options(prefix=entry.get("prefix"))
 
     def check_pipeline(self, pipeline) -> None:
-        if pipeline.train.summary_targets == "reference" and not self.cfg.reference_field:
+        if pipeline.train.summary_targets == "reference" and not self.options.reference_field:
             raise ConfigError(
                 f"train.summary_targets: reference, but task {self.name} has no reference_field"
             )
@@ -63,7 +76,7 @@ class Summarization(Task):
     @property
     def prefix(self) -> str:
         """What the student reads before the document: names the task for the shared decoder."""
-        return self.cfg.prefix if self.cfg.prefix is not None else f"{self.name}: "
+        return self.options.prefix if self.options.prefix is not None else f"{self.name}: "
 
     @property
     def instruction(self) -> str:
@@ -71,11 +84,11 @@ class Summarization(Task):
         return summary_prompt(self.cfg, {"document": ""}).head.rstrip("\n")
 
     def example(self, row: dict[str, Any], index: int, where: str) -> Example:
-        field = self.cfg.reference_field
+        field = self.options.reference_field
         reference = row.get(field) if field else None
         return {
             "id": str(row.get("id", index)),
-            "document": self._text(row, self.cfg.document_field, where, index),
+            "document": self._text(row, self.options.document_field, where, index),
             "reference": reference if isinstance(reference, str) and reference.strip() else None,
         }
 
@@ -83,7 +96,7 @@ class Summarization(Task):
         """Every train document (all rows, not only max_rows; references unused)."""
         from distill.core.data import read_rows
 
-        field = self.cfg.document_field
+        field = self.options.document_field
         rows = read_rows(self.cfg.data["train"], "train", self.name)
         return [r[field] for r in rows if isinstance(r.get(field), str) and r[field].strip()]
 
@@ -222,7 +235,7 @@ class Summarization(Task):
 
     # --- eval -------------------------------------------------------------------------------
     def decoding(self, pipeline) -> DecodingConfig:
-        return self.cfg.decoding or pipeline.eval.decoding
+        return self.options.decoding or pipeline.eval.decoding
 
     def shipped_decoding(self, pipeline) -> dict[str, Any]:
         """This task's decoding under ``pipeline`` as student.json stores it."""

@@ -35,9 +35,10 @@ class Prompt:
         return self.head + self.body + self.tail
 
 
-def template_version(task: TaskConfig) -> str:
-    """PROMPT_VERSION plus a hash of everything that shapes this task's prompt."""
-    parts = [PROMPT_VERSION, task.kind, task.instruction or "", repr(sorted(task.labels.items()))]
+def template_version(task: TaskConfig, labels: dict[str, str] | None = None) -> str:
+    """PROMPT_VERSION plus a hash of everything that shapes this task's prompt: its kind,
+    instruction and (a classification kind's) label → verbalizer map."""
+    parts = [PROMPT_VERSION, task.kind, task.instruction or "", repr(sorted((labels or {}).items()))]
     return f"{PROMPT_VERSION}-{hashlib.sha256('|'.join(parts).encode()).hexdigest()[:12]}"
 
 
@@ -52,12 +53,14 @@ def classification_prompt(
     body: Callable[[Example], str] = text_body,
 ) -> Prompt:
     """Instruction, optional labeled shots, the example, then 'Answer:' for the label word.
-    ``body`` shows an example's input (the task kind decides: one text, a pair …)."""
-    choices = ", ".join(task.labels.values())
+    ``body`` shows an example's input (the task kind decides: one text, a pair …); the
+    verbalizers are the kind's ``labels`` option."""
+    labels = task.options.labels
+    choices = ", ".join(labels.values())
     instruction = (task.instruction or CLASSIFY_INSTRUCTION).format(choices=choices)
     blocks = [instruction]
     for shot in shots:
-        blocks.append(f"{body(shot)}\n{ANSWER_PREFIX} {task.labels[shot['label']]}")
+        blocks.append(f"{body(shot)}\n{ANSWER_PREFIX} {labels[shot['label']]}")
     return Prompt(
         head="\n\n".join(blocks) + "\n\n",
         body=body(example),
@@ -75,7 +78,7 @@ def few_shot_examples(task: TaskConfig, pool: list[Example], k: int) -> list[Exa
     """k gold-labeled examples, cycling through the labels so each is shown."""
     if k == 0:
         return []
-    by_label: dict[str, list[Example]] = {label: [] for label in task.labels}
+    by_label: dict[str, list[Example]] = {label: [] for label in task.options.labels}
     for ex in pool:
         if ex["label"] is not None:
             by_label[ex["label"]].append(ex)

@@ -102,8 +102,10 @@ def _build_dataclass(cls: Any, value: Any, where: str, plugins: Plugins) -> Any:
             raise ConfigError(
                 f"{_join(where, slot.options)}: unknown key (plugin options sit in the section)"
             )
+        chosen = value.get(slot.discriminator, fields[slot.discriminator].default)
+        if chosen is dataclasses.MISSING:  # the plugin decides which other keys exist
+            raise ConfigError(f"{_join(where, slot.discriminator)}: required key is missing")
         if slot.registry in plugins:
-            chosen = value.get(slot.discriminator, fields[slot.discriminator].default)
             options_cls = plugin_options(cls, plugins, chosen, where)
             own = {f.name for f in dataclasses.fields(options_cls)}
             options = build(options_cls, {k: value.pop(k) for k in list(value) if k in own}, where)
@@ -129,7 +131,24 @@ def _build_dataclass(cls: Any, value: Any, where: str, plugins: Plugins) -> Any:
             raise ConfigError(f"{_join(where, name)}: required key is missing")
     if slot is not None:
         kwargs[slot.options] = options
-    return cls(**kwargs)
+    obj = cls(**kwargs)
+    for name in set(fields) - set(value):  # sections left at their defaults get their plugin's too
+        _default_options(getattr(obj, name), _join(where, name), plugins)
+    return obj
+
+
+def _default_options(obj: Any, where: str, plugins: Plugins) -> None:
+    """Fill the plugin options of a section built from its defaults (and of the sections in it),
+    so that a section left out of the file equals the same section written out."""
+    if not (dataclasses.is_dataclass(obj) and not isinstance(obj, type)):
+        return
+    slot = plugin_slot(type(obj))
+    if slot is not None and getattr(obj, slot.options) is None and slot.registry in plugins:
+        options_cls = plugin_options(type(obj), plugins, getattr(obj, slot.discriminator), where)
+        object.__setattr__(obj, slot.options, build(options_cls, {}, where))
+    for f in dataclasses.fields(obj):
+        if f.init:
+            _default_options(getattr(obj, f.name), _join(where, f.name), plugins)
 
 
 def plain(obj: Any) -> Any:

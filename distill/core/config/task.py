@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
+from distill.core.config.loader import PluginSlot
 from distill.core.errors import ConfigError
 
 DATA_SUFFIXES = (".jsonl", ".json", ".csv", ".parquet")
@@ -42,7 +43,9 @@ class DecodingConfig:
 
 @dataclass
 class TaskConfig:
-    """One task; its kind (distill/tasks/) decides which fields it reads."""
+    """One task: the keys every kind has; its kind (distill/tasks/) declares the rest."""
+
+    PLUGIN: ClassVar[PluginSlot] = PluginSlot(registry="kind", discriminator="kind")
 
     name: str
     """Identifier used in outputs, losses and the report."""
@@ -51,21 +54,6 @@ class TaskConfig:
     (document → summary)."""
     data: dict[str, str]
     """Split name → local .jsonl/.json/.csv/.parquet file, or ``hub:NAME[:CONFIG]``."""
-    text_field: str = "text"
-    """Classification: the input text column."""
-    text_pair_field: str | None = None
-    """Sentence pairs: the second text column."""
-    label_field: str | None = "label"
-    """Classification: gold label column; rows may lack it (then the teacher's argmax is the hard label)."""
-    labels: dict[str, str] = field(default_factory=dict)
-    """Classification: label → verbalizer, the word the teacher answers with."""
-    document_field: str = "document"
-    """Summarization: the document column."""
-    reference_field: str | None = "summary"
-    """Summarization: optional reference summary column."""
-    prefix: str | None = None
-    """Summarization: what the student reads before each document, so the decoder the
-    summarization tasks share knows which one it writes for (default "NAME: ")."""
     instruction: str | None = None
     """Overrides the default prompt instruction for this task."""
     max_rows: dict[str, int] = field(default_factory=dict)
@@ -80,8 +68,9 @@ class TaskConfig:
     soft_weight: float | None = None
     kd_temperature: float | None = None
     """Per-task overrides of train.soft_weight and train.kd_temperature."""
-    decoding: DecodingConfig | None = None
-    """Summarization: how the student decodes this task's summaries (default: eval.decoding)."""
+    options: Any = None
+    """The kind's own keys (its ``Options`` in distill/tasks/KIND.py: text and label fields,
+    labels, …), written flat beside these ones in the task's entry."""
 
     def __post_init__(self) -> None:
         where = f"tasks.{self.name}"
@@ -104,7 +93,3 @@ class TaskConfig:
             raise ConfigError(f"{where}.soft_weight: must be within [0, 1]")
         if self.kd_temperature is not None and self.kd_temperature <= 0:
             raise ConfigError(f"{where}.kd_temperature: must be > 0")
-
-    @property
-    def label_names(self) -> list[str]:
-        return list(self.labels)

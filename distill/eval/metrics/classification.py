@@ -9,7 +9,6 @@ from typing import Any
 
 import numpy as np
 
-from distill.core.config import TaskConfig
 from distill.eval.metrics.bootstrap import CI_DIGITS, estimate, mean_estimate
 
 
@@ -118,15 +117,15 @@ def gold_metrics(probs: np.ndarray, gold: np.ndarray, resamples: np.ndarray) -> 
 NO_BASELINE = "no eval row has a gold label, so there is no majority-class baseline to read accuracy against"
 
 
-def majority_label(task: TaskConfig, gold: np.ndarray) -> str | None:
-    """The most common label of ``gold`` ((n,) label indices, −1 = no gold); ties go to the
-    first in the task's label order. None when no row has gold."""
-    counts = np.bincount(gold[gold >= 0], minlength=len(task.label_names))
-    return task.label_names[int(counts.argmax())] if counts.sum() else None  # argmax: first of ties
+def majority_label(names: list[str], gold: np.ndarray) -> str | None:
+    """The most common label of ``gold`` ((n,) indices into the task's label ``names``, −1 = no
+    gold); ties go to the first in the task's label order. None when no row has gold."""
+    counts = np.bincount(gold[gold >= 0], minlength=len(names))
+    return names[int(counts.argmax())] if counts.sum() else None  # argmax: first of ties
 
 
 def majority_baseline(
-    task: TaskConfig, gold: np.ndarray, resamples: np.ndarray, train_rows: list[dict[str, Any]]
+    names: list[str], gold: np.ndarray, resamples: np.ndarray, train_rows: list[dict[str, Any]]
 ) -> dict[str, Any] | None:
     """The constant prediction of the scored rows' majority gold label (their label prior),
     scored on those rows: what a model must beat to know more than how often each label occurs.
@@ -135,10 +134,10 @@ def majority_baseline(
     and the prior the model is judged on is the scored split's. ``train_share``: that label's
     share of the train rows with gold (None when they have none), to show a prior shift. None
     when no scored row has gold."""
-    label = majority_label(task, gold)
+    label = majority_label(names, gold)
     if label is None:
         return None
-    constant = np.full(len(gold), task.label_names.index(label))
+    constant = np.full(len(gold), names.index(label))
     correct = np.where(gold >= 0, constant == gold, np.nan)
     train_gold = [r["label"] for r in train_rows if r["label"] is not None]
     return {
@@ -165,16 +164,16 @@ def label_mass_summary(rows: list[dict[str, Any]], min_label_mass: float | None)
 
 
 def classification_metrics(
-    task: TaskConfig,
+    names: list[str],
     rows: list[dict[str, Any]],
     student_probs: np.ndarray,
     train_rows: list[dict[str, Any]],
     resamples: np.ndarray,
     min_label_mass: float | None = None,
 ) -> dict[str, Any]:
-    """``student_probs``: (n, labels). ``resamples``: (R, n) row indices shared by every figure.
+    """``names``: the task's labels, in the head's order. ``student_probs``: (n, labels).
+    ``resamples``: (R, n) row indices shared by every figure.
     ``train_rows``: the teach train rows, read only for the majority baseline's ``train_share``."""
-    names = task.label_names
     teacher_probs = np.array([r["teacher_distribution"] for r in rows])  # (n, labels)
     gold = np.array([names.index(r["label"]) if r["label"] is not None else -1 for r in rows])
     agree = (student_probs.argmax(-1) == teacher_probs.argmax(-1)).astype(float)
@@ -193,7 +192,7 @@ def classification_metrics(
         **mean_estimate("agreement", agree, resamples),
         **mean_estimate("kl_teacher_student", kl_per_row(teacher_probs, student_probs), resamples),
         **mean_estimate("student_minus_teacher_accuracy", gap, resamples),
-        "majority_baseline": majority_baseline(task, gold, resamples, train_rows),
+        "majority_baseline": majority_baseline(names, gold, resamples, train_rows),
         "teacher_label_mass": label_mass_summary(rows, min_label_mass),
         "teacher_methods": dict(Counter(r["teacher_method"] for r in rows)),
     }
