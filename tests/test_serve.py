@@ -451,7 +451,7 @@ def test_sentence_pairs_are_served_with_segments(tmp_path, tiny_encoder):
     from distill.tasks import task_for
 
     cfg = task_config(
-        "para", "sentence_pair", {}, text_pair_field="b", labels={"same": "yes", "different": "no"}
+        name="para", kind="sentence_pair", text_pair_field="b", labels={"same": "yes", "different": "no"}
     )
     student, tokenizer = build_student(StudentConfig(encoder=tiny_encoder, max_length=32), [task_for(cfg)])
     save_student(student.state_dict(), student.spec, tokenizer, tmp_path / "student")
