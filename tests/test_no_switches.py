@@ -31,12 +31,8 @@ NAMES = frozenset(KINDS) | frozenset(SUMMARIZERS) | frozenset(BACKENDS)
 registering it)."""
 SUBJECTS = ("kind", "summarizer", "labels", "backend")
 """Fields whose comparison with a literal is a switch on a plugin's details."""
-KNOWN = {
-    ("distill/student/warmup.py", "student.summarizer is not None"),
-}
-"""Switches left for their owners (each one a follow-up, not a precedent): the warm-up's choice
-of objective (heal or denoise) by whether the student has a decoder beside its backbone, which
-belongs in the summarizers' classes."""
+KNOWN: set[tuple[str, str]] = set()
+"""Switches left for their owners (each one a follow-up, not a precedent): none."""
 
 
 def _is_literal(node: ast.AST) -> bool:

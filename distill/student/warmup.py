@@ -26,13 +26,10 @@ import time
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 
 from distill.core.assets import home
 from distill.core.config import StudentConfig, WarmupConfig
 from distill.core.errors import DistillError
-from distill.core.tensors import length_mask, pad
-from distill.student.summarizers.teacher_layers.options import teacher_layers_options
 
 STATE_FILE = "state.safetensors"
 RECORD_FILE = "warmup.json"
@@ -71,53 +68,6 @@ def _batches(n: int, wc: WarmupConfig) -> list[list[int]]:
     return [order[s * wc.batch_size : (s + 1) * wc.batch_size] for s in range(wc.steps)]
 
 
-def denoise_step(
-    student: Any, tokenizer: Any, rows: list[list[int]], wc: WarmupConfig, g: torch.Generator
-) -> torch.Tensor:
-    """bert2bert: mask ``mask_rate`` of the encoder's tokens; the decoder writes the span's start."""
-    from distill.core.losses import IGNORE_INDEX, sequence_kd_loss
-    from distill.student.tokens import decoder_inputs
-
-    ids, mask = pad(rows, tokenizer.pad_token_id), length_mask(rows)
-    masked = (torch.rand(ids.shape, generator=g) < wc.mask_rate) & mask.bool()
-    corrupted = torch.where(masked, tokenizer.mask_token_id, ids)
-    end = student.backbone.generation_config.eos_token_id
-    targets = [r[: wc.target_length - 1] + [end] for r in rows]
-    target_ids = pad(targets, IGNORE_INDEX)
-    config = student.backbone.config
-    decoder_ids, decoder_mask = decoder_inputs(target_ids, config.decoder_start_token_id, config.pad_token_id)
-    logits = student.backbone(
-        input_ids=corrupted,
-        attention_mask=mask,
-        decoder_input_ids=decoder_ids,
-        decoder_attention_mask=decoder_mask,
-    ).logits
-    return sequence_kd_loss(logits, target_ids)
-
-
-def heal_step(student: Any, teacher: Any, rows: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
-    """teacher_layers: next-token CE and 1 − cos to the teacher's last hidden states.
-
-    ``rows``: spans in teacher ids; the student reads the same tokens in its own ids (its
-    vocabulary holds every token of the warm-up text, so the two align position by position)."""
-    codec = student.codec
-    student_rows = [codec.student(r) for r in rows]
-    if any(len(a) != len(b) for a, b in zip(student_rows, rows)):
-        raise DistillError("warm-up: a span's tokens are outside the student's vocabulary")
-    ids, mask = pad(student_rows, 0), length_mask(student_rows)
-    teacher_ids = pad(rows, 0)
-    with torch.no_grad():
-        target = teacher(input_ids=teacher_ids, attention_mask=mask, output_hidden_states=True).hidden_states[
-            -1
-        ]
-    out = student.summarizer.lm(input_ids=ids, attention_mask=mask, output_hidden_states=True)
-    real = mask.bool()
-    labels = torch.where(real, ids, -100)[:, 1:]
-    ce = F.cross_entropy(out.logits[:, :-1].flatten(0, 1).float(), labels.flatten(), ignore_index=-100)
-    cos = F.cosine_similarity(out.hidden_states[-1][real].float(), target[real].float(), dim=-1)
-    return ce, (1.0 - cos).mean()
-
-
 def warm_up(student: Any, tokenizer: Any, cfg: StudentConfig, documents: list[str]) -> dict[str, Any]:
     """Warm ``student``'s summarization path up in place (or load the cached result); returns
     the record: key, cached, steps, spans, seconds, first and last losses."""
@@ -143,7 +93,7 @@ def warm_up(student: Any, tokenizer: Any, cfg: StudentConfig, documents: list[st
         losses = _run(student, tokenizer, cfg, documents)
     record = {
         "key": key,
-        "objective": "heal" if student.summarizer is not None else "denoise",
+        "objective": losses.pop("objective"),
         "steps": wc.steps,
         "spans": losses.pop("spans"),
         "seconds": round(time.perf_counter() - started, 1),
@@ -164,21 +114,9 @@ def _run(student: Any, tokenizer: Any, cfg: StudentConfig, documents: list[str])
     wc = cfg.warmup
     torch.manual_seed(wc.seed)
     g = torch.Generator().manual_seed(wc.seed)
-    teacher = None
-    if student.summarizer is not None:
-        from transformers import AutoModelForCausalLM
-
-        from distill.core.assets import resolve_teacher
-
-        teacher = AutoModelForCausalLM.from_pretrained(
-            resolve_teacher(teacher_layers_options(cfg).decoder_source), dtype=torch.float32
-        ).eval()
-        tokens = student.codec.tokenizer(documents, add_special_tokens=False)["input_ids"]
-        params = [p for p in student.summarizer.parameters() if p.requires_grad]
-    else:
-        tokens = tokenizer(documents, add_special_tokens=False)["input_ids"]
-        params = [p for p in student.backbone.parameters() if p.requires_grad]
-    rows = spans(tokens, wc.length)
+    objective = student.spec.summarizer_class.warmup(student, tokenizer, cfg, documents, g)
+    params = objective.params
+    rows = spans(objective.tokens, wc.length)
     if not rows:
         raise DistillError(
             f"train.student.warmup: no text has {max(8, wc.length // 4)} tokens or more; "
@@ -189,11 +127,7 @@ def _run(student: Any, tokenizer: Any, cfg: StudentConfig, documents: list[str])
     history: list[float] = []
     for step, batch in enumerate(_batches(len(rows), wc)):
         picked = [rows[i] for i in batch]
-        if teacher is not None:
-            ce, cos = heal_step(student, teacher, picked)
-            loss = ce + wc.hidden_weight * cos
-        else:
-            loss = denoise_step(student, tokenizer, picked, wc, g)
+        loss = objective.step(picked)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -206,6 +140,7 @@ def _run(student: Any, tokenizer: Any, cfg: StudentConfig, documents: list[str])
     student.eval()
     window = max(1, min(10, len(history) // 4))
     return {
+        "objective": objective.name,
         "spans": len(rows),
         "loss_first": round(sum(history[:window]) / window, 4),
         "loss_last": round(sum(history[-window:]) / window, 4),

@@ -5,6 +5,7 @@ neither compares summarizer names."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -29,6 +30,20 @@ class Parts:
     """The summarizer's text ↔ ids, when it has a vocabulary of its own."""
     spec: dict[str, Any] = field(default_factory=dict)
     """StudentSpec fields: encoder_config, decoder_config, and the summarizer's own."""
+
+
+@dataclass
+class Warmup:
+    """A summarizer's warm-up objective (distill/student/warmup.py runs the loop around it)."""
+
+    name: str
+    """What the record calls it: heal, denoise …"""
+    tokens: list[list[int]]
+    """The warm-up documents in the ids ``step`` reads; the loop cuts them into spans."""
+    params: list[nn.Parameter]
+    """What the warm-up trains."""
+    step: Callable[[list[list[int]]], torch.Tensor]
+    """A batch of spans → the loss."""
 
 
 def config_from_dict(data: dict[str, Any]) -> Any:
@@ -57,6 +72,13 @@ class Summarizer:
     @classmethod
     def check_pipeline(cls, cfg: PipelineConfig) -> None:
         """Raise ConfigError for pipeline settings it cannot run under."""
+
+    @classmethod
+    def warmup(
+        cls, student: Student, tokenizer: Any, cfg: StudentConfig, documents: list[str], g: torch.Generator
+    ) -> Warmup:
+        """Its one-time warm-up objective on ``documents`` (``g``: the warm-up's own RNG)."""
+        raise NotImplementedError
 
     # --- building -----------------------------------------------------------------------------
     @classmethod

@@ -11,11 +11,12 @@ from torch import nn
 
 from distill.core.config import PipelineConfig
 from distill.core.errors import ConfigError
-from distill.student.summarizers.base import Parts, Summarizer, config_from_dict
+from distill.core.tensors import length_mask, pad
+from distill.student.summarizers.base import Parts, Summarizer, Warmup, config_from_dict
 from distill.student.tokens import decoder_inputs, set_special_tokens
 
 if TYPE_CHECKING:
-    from distill.core.config import StudentConfig
+    from distill.core.config import StudentConfig, WarmupConfig
     from distill.student.model import Student, StudentSpec
 
 
@@ -23,6 +24,16 @@ class Bert2Bert(Summarizer):
     name: ClassVar[str] = "bert2bert"
     sharing: ClassVar[tuple[str, ...]] = ("hard", "shared_private", "adversarial")
     exporter: ClassVar[str] = "seq2seq"
+
+    @classmethod
+    def warmup(cls, student, tokenizer, cfg, documents, g) -> Warmup:
+        """Denoising: see distill/student/warmup.py."""
+        return Warmup(
+            name="denoise",
+            tokens=tokenizer(documents, add_special_tokens=False)["input_ids"],
+            params=[p for p in student.backbone.parameters() if p.requires_grad],
+            step=lambda rows: denoise_step(student, tokenizer, rows, cfg.warmup, g),
+        )
 
     @classmethod
     def check_pipeline(cls, cfg: PipelineConfig) -> None:
@@ -103,3 +114,27 @@ class Bert2Bert(Summarizer):
         return student.backbone.generate(
             encoder_outputs=encoded, attention_mask=attention_mask, max_new_tokens=max_new_tokens, **decoding
         )
+
+
+def denoise_step(
+    student: Any, tokenizer: Any, rows: list[list[int]], wc: WarmupConfig, g: torch.Generator
+) -> torch.Tensor:
+    """bert2bert: mask ``mask_rate`` of the encoder's tokens; the decoder writes the span's start."""
+    from distill.core.losses import IGNORE_INDEX, sequence_kd_loss
+    from distill.student.tokens import decoder_inputs
+
+    ids, mask = pad(rows, tokenizer.pad_token_id), length_mask(rows)
+    masked = (torch.rand(ids.shape, generator=g) < wc.mask_rate) & mask.bool()
+    corrupted = torch.where(masked, tokenizer.mask_token_id, ids)
+    end = student.backbone.generation_config.eos_token_id
+    targets = [r[: wc.target_length - 1] + [end] for r in rows]
+    target_ids = pad(targets, IGNORE_INDEX)
+    config = student.backbone.config
+    decoder_ids, decoder_mask = decoder_inputs(target_ids, config.decoder_start_token_id, config.pad_token_id)
+    logits = student.backbone(
+        input_ids=corrupted,
+        attention_mask=mask,
+        decoder_input_ids=decoder_ids,
+        decoder_attention_mask=decoder_mask,
+    ).logits
+    return sequence_kd_loss(logits, target_ids)

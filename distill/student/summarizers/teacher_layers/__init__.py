@@ -13,7 +13,7 @@ from torch import nn
 from distill.core.config import PipelineConfig
 from distill.core.errors import ConfigError
 from distill.student.sharing import mean_pool
-from distill.student.summarizers.base import Parts, Summarizer, config_from_dict
+from distill.student.summarizers.base import Parts, Summarizer, Warmup, config_from_dict
 from distill.student.summarizers.teacher_layers.options import TeacherLayersOptions, teacher_layers_options
 
 if TYPE_CHECKING:
@@ -31,6 +31,28 @@ class TeacherLayers(Summarizer):
     bridge only."""
     exporter: ClassVar[str] = "causal_lm"
     Options = TeacherLayersOptions
+
+    @classmethod
+    def warmup(cls, student, tokenizer, cfg, documents, g) -> Warmup:
+        """Healing the cut against the model it was cut from: see distill/student/warmup.py."""
+        from transformers import AutoModelForCausalLM
+
+        from distill.core.assets import resolve_teacher
+        from distill.student.summarizers.teacher_layers.heal import heal_step
+
+        source = resolve_teacher(teacher_layers_options(cfg).decoder_source)
+        teacher = AutoModelForCausalLM.from_pretrained(source, dtype=torch.float32).eval()
+
+        def step(rows: list[list[int]]) -> torch.Tensor:
+            ce, cos = heal_step(student, teacher, rows)
+            return ce + cfg.warmup.hidden_weight * cos
+
+        return Warmup(
+            name="heal",
+            tokens=student.codec.tokenizer(documents, add_special_tokens=False)["input_ids"],
+            params=[p for p in student.summarizer.parameters() if p.requires_grad],
+            step=step,
+        )
 
     @classmethod
     def check_pipeline(cls, cfg: PipelineConfig) -> None:
