@@ -22,8 +22,8 @@ __all__ = [
     "kind_class",
     "load_split",
     "task_for",
-    "task_from_student",
     "task_config",
+    "task_from_student",
     "tasks_for",
 ]
 

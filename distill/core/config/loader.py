@@ -127,28 +127,15 @@ def _build_dataclass(cls: Any, value: Any, where: str, plugins: Plugins) -> Any:
     for name, f in fields.items():
         if name in value:
             kwargs[name] = build(hints[name], value[name], _join(where, name), plugins)
+        elif dataclasses.is_dataclass(f.default_factory):
+            # a section left out is built as if written empty, so its plugin's options (and its
+            # sections') are filled exactly as for a section written out
+            kwargs[name] = build(f.default_factory, {}, _join(where, name), plugins)
         elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
             raise ConfigError(f"{_join(where, name)}: required key is missing")
     if slot is not None:
         kwargs[slot.options] = options
-    obj = cls(**kwargs)
-    for name in set(fields) - set(value):  # sections left at their defaults get their plugin's too
-        _default_options(getattr(obj, name), _join(where, name), plugins)
-    return obj
-
-
-def _default_options(obj: Any, where: str, plugins: Plugins) -> None:
-    """Fill the plugin options of a section built from its defaults (and of the sections in it),
-    so that a section left out of the file equals the same section written out."""
-    if not (dataclasses.is_dataclass(obj) and not isinstance(obj, type)):
-        return
-    slot = plugin_slot(type(obj))
-    if slot is not None and getattr(obj, slot.options) is None and slot.registry in plugins:
-        options_cls = plugin_options(type(obj), plugins, getattr(obj, slot.discriminator), where)
-        object.__setattr__(obj, slot.options, build(options_cls, {}, where))
-    for f in dataclasses.fields(obj):
-        if f.init:
-            _default_options(getattr(obj, f.name), _join(where, f.name), plugins)
+    return cls(**kwargs)
 
 
 def plain(obj: Any) -> Any:

@@ -11,6 +11,7 @@ from torch import nn
 
 from distill.core.config import PipelineConfig
 from distill.core.errors import ConfigError
+from distill.core.losses import IGNORE_INDEX, sequence_kd_loss
 from distill.core.tensors import length_mask, pad
 from distill.student.summarizers.base import Parts, Summarizer, Warmup, config_from_dict
 from distill.student.tokens import decoder_inputs, set_special_tokens
@@ -120,9 +121,6 @@ def denoise_step(
     student: Any, tokenizer: Any, rows: list[list[int]], wc: WarmupConfig, g: torch.Generator
 ) -> torch.Tensor:
     """bert2bert: mask ``mask_rate`` of the encoder's tokens; the decoder writes the span's start."""
-    from distill.core.losses import IGNORE_INDEX, sequence_kd_loss
-    from distill.student.tokens import decoder_inputs
-
     ids, mask = pad(rows, tokenizer.pad_token_id), length_mask(rows)
     masked = (torch.rand(ids.shape, generator=g) < wc.mask_rate) & mask.bool()
     corrupted = torch.where(masked, tokenizer.mask_token_id, ids)

@@ -14,6 +14,7 @@ from distill.core.config import PipelineConfig
 from distill.core.errors import ConfigError
 from distill.student.sharing import mean_pool
 from distill.student.summarizers.base import Parts, Summarizer, Warmup, config_from_dict
+from distill.student.summarizers.teacher_layers.heal import heal_step
 from distill.student.summarizers.teacher_layers.options import TeacherLayersOptions, teacher_layers_options
 
 if TYPE_CHECKING:
@@ -38,7 +39,6 @@ class TeacherLayers(Summarizer):
         from transformers import AutoModelForCausalLM
 
         from distill.core.assets import resolve_teacher
-        from distill.student.summarizers.teacher_layers.heal import heal_step
 
         source = resolve_teacher(teacher_layers_options(cfg).decoder_source)
         teacher = AutoModelForCausalLM.from_pretrained(source, dtype=torch.float32).eval()
