@@ -306,13 +306,20 @@ def serve(
     max_batch_tokens: int = typer.Option(
         512, help="A batch runs shortest-first in sub-batches of at most this many padded tokens."
     ),
+    defer: Path | None = typer.Option(
+        None,
+        help="A pipeline YAML: classification requests below the student's stored confidence "
+        "threshold go to its teacher (serve.defer), logged to run_dir/traffic/<task>.jsonl.",
+    ),
+    set_: list[str] = SET,
 ) -> None:
     """Serve a trained student over HTTP: POST /v1/classify, OpenAI-compatible
     /v1/chat/completions and /v1/completions (summaries), GET /health and /metrics."""
     _quiet()
     from distill.ship.serve.app import serve as run_server
 
-    run_server(path, host, port, max_batch, max_wait_ms, max_chars, device, max_batch_tokens=max_batch_tokens)
+    cfg = _load(defer, set_) if defer is not None else None
+    run_server(path, host, port, max_batch, max_wait_ms, max_chars, device, max_batch_tokens, cfg)
 
 
 def main() -> None:

@@ -200,3 +200,28 @@ def test_sentence_pairs_keep_both_texts_and_their_segments(bert_tokenizer):
     assert tokens[split + 1 :] == ["a", "second", "text", "[SEP]"]
     types = batch["token_type_ids"][0][: len(tokens)].tolist()
     assert types == [0] * (split + 1) + [1] * (len(tokens) - split - 1)
+
+
+def test_teacher_confidence_drops_or_weights_rows(bert_tokenizer):
+    from distill.core.config.train import TeacherConfidenceConfig
+
+    rows = labelled_rows()  # teacher confidences 0.6 and 0.7
+    drop = TrainConfig(batch_size=2, teacher_confidence=TeacherConfidenceConfig(min=0.65))
+    kept = REVIEWS.tensors(rows, bert_tokenizer, spec(REVIEWS), drop)
+    assert len(kept) == 1 and kept.row_targets["teacher_probs"].tolist() == [pytest.approx([0.7, 0.3])]
+    assert kept.counts == {"min_confidence": 0.65, "kept": 1, "dropped": 1}
+    with pytest.raises(DistillError, match=r"task reviews: train.teacher_confidence.min 0.9 drops every"):
+        REVIEWS.tensors(
+            rows,
+            bert_tokenizer,
+            spec(REVIEWS),
+            TrainConfig(teacher_confidence=TeacherConfidenceConfig(min=0.9)),
+        )
+    weigh = TrainConfig(batch_size=2, teacher_confidence=TeacherConfidenceConfig(weight="confidence"))
+    weighted = REVIEWS.tensors(rows, bert_tokenizer, spec(REVIEWS), weigh)
+    assert weighted.row_targets["row_weight"].tolist() == pytest.approx([0.6, 0.7])
+    batch = MultiTaskSchedule([weighted], 0, 0, 1, False).batch(0, bert_tokenizer.pad_token_id)["reviews"]
+    probs = batch["teacher_probs"].max(-1).values
+    assert batch["row_weight"].tolist() == pytest.approx(probs.tolist())  # sliced with its rows
+    plain = REVIEWS.tensors(rows, bert_tokenizer, spec(REVIEWS), TrainConfig(batch_size=2))
+    assert "row_weight" not in plain.row_targets and plain.counts is None

@@ -287,3 +287,18 @@ def test_config_unknown_prefix_exits_2_naming_it():
     proc = distill_config("pipelines/demo.yaml", "tasks.nope")
     assert proc.returncode == EXIT_CONFIG
     assert "tasks.nope: no such key" in proc.stderr and "tasks: fine_foods, aclsum" in proc.stderr
+
+
+@pytest.mark.parametrize(
+    "value, message",
+    [
+        ({}, "set exactly one of min"),
+        ({"min": 0.5, "weight": "confidence"}, "set exactly one of min"),
+        ({"min": 1.5}, r"teacher_confidence.min: must be within \(0, 1\]"),
+    ],
+)
+def test_teacher_confidence_needs_one_rule(value, message):
+    from distill.core.config.train import TeacherConfidenceConfig
+
+    with pytest.raises(ConfigError, match=message):
+        TeacherConfidenceConfig(**value)

@@ -18,6 +18,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "distill"
 
 RUNNERS = (
     "distill.teach.run",
+    "distill.teach.active",
     "distill.teach.shard",
     "distill.train.run",
     "distill.train.recipe",

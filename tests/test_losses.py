@@ -108,3 +108,30 @@ def test_pure_kd_has_no_ce_part():
 def test_weighted_total_uses_task_weights():
     losses = {"a": torch.tensor(2.0), "b": torch.tensor(3.0)}
     assert weighted_total(losses, {"a": 0.5, "b": 2.0}).item() == pytest.approx(7.0)
+
+
+def test_confidence_weighting_equals_the_per_row_weighted_closed_form():
+    logits = torch.tensor([[2.0, 0.0], [0.0, 1.0], [1.0, 1.0]])
+    teacher = torch.tensor([[0.9, 0.1], [0.6, 0.4], [0.2, 0.8]])
+    labels = torch.tensor([0, IGNORE_INDEX, 1])
+    w = teacher.max(-1).values  # 0.9, 0.6, 0.8: train.teacher_confidence weight
+    t, alpha = 2.0, 0.3
+    kl, ce = [], []
+    for z, p, y in zip(logits.tolist(), teacher.tolist(), labels.tolist()):
+        pt = [v ** (1 / t) for v in p]
+        pt = [v / sum(pt) for v in pt]
+        q = [math.exp(v / t) for v in z]
+        q = [v / sum(q) for v in q]
+        kl.append(t**2 * sum(a * math.log(a / b) for a, b in zip(pt, q)))
+        ce.append(-math.log(math.exp(z[y]) / sum(math.exp(v) for v in z)) if y != IGNORE_INDEX else None)
+    kd_by_hand = sum(wi * k for wi, k in zip(w.tolist(), kl)) / w.sum().item()
+    ce_by_hand = (0.9 * ce[0] + 0.8 * ce[2]) / (0.9 + 0.8)  # the unlabelled row has no CE share
+    parts = distillation_loss(logits, teacher, labels, t, alpha, weight=w)
+    assert parts["kd"].item() == pytest.approx(kd_by_hand, rel=1e-5)
+    assert parts["ce"].item() == pytest.approx(ce_by_hand, rel=1e-5)
+    assert parts["loss"].item() == pytest.approx(alpha * kd_by_hand + (1 - alpha) * ce_by_hand, rel=1e-5)
+    # equal weights are the unweighted loss; the weights move it (the rows' losses differ)
+    plain = distillation_loss(logits, teacher, labels, t, alpha)
+    same = distillation_loss(logits, teacher, labels, t, alpha, weight=torch.full((3,), 0.5))
+    assert same["loss"].item() == pytest.approx(plain["loss"].item(), rel=1e-6)
+    assert abs(parts["loss"].item() - plain["loss"].item()) > 1e-3

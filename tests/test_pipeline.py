@@ -263,7 +263,7 @@ def test_bf16_sentence_pairs_gold_labels_and_provenance(tmp_path, tiny_encoder, 
     teach_manifest = json.loads((run_dir / "teach" / "manifest.json").read_text())
     assert manifest["inputs"] == {"teach_outputs_sha256": sha, "split": "train"}
     cut = teach_manifest["counts"]["papers/train"]["cut_by_length"]
-    assert manifest["summaries"] == {"papers": {"cut": cut, "excluded": 0}}
+    assert manifest["row_counts"] == {"papers": {"cut": cut, "excluded": 0}}
     log = [json.loads(line) for line in (run_dir / "train" / "log.jsonl").read_text().splitlines()]
     assert all(0 < r["tokens_real"] < r["tokens_padded"] for r in log)
     student, tokenizer = load_student(run_dir / "train" / "student")

@@ -25,7 +25,30 @@ def read_split(task: TaskConfig, split: str) -> list[dict[str, Any]]:
     limit = task.max_rows.get(split)
     if limit is not None:
         rows = rows[:limit] if task.sample == "first" else sample_rows(rows, limit, task.sample_seed)
+    if split == "train" and task.traffic and Path(task.traffic).is_file():
+        rows += traffic_rows(task.traffic, {str(r["id"]) for r in rows if "id" in r})
     return rows
+
+
+def traffic_rows(path: str, seen: set[str]) -> list[dict[str, Any]]:
+    """The requests ``distill serve --defer`` logged (one per id: a text asked twice is one row;
+    ids already in the split are skipped). A torn last line (a server killed mid-write) is
+    skipped; any other bad line is an error naming it."""
+    out = []
+    lines = Path(path).read_text().splitlines()
+    for n, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except ValueError:
+            if n == len(lines):
+                break
+            raise DistillError(f"{path}: line {n} is not JSON") from None
+        if str(row.get("id")) not in seen:
+            seen.add(str(row.get("id")))
+            out.append(row)
+    return out
 
 
 def sample_rows(rows: list[dict[str, Any]], n: int, seed: int) -> list[dict[str, Any]]:

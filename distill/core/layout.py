@@ -38,6 +38,11 @@ SPEC_FILE = "student.json"
 WEIGHTS_FILE = "model.safetensors"
 
 
+DEFER_FILE = "defer.json"
+"""In a student folder: per classification task, the confidence below which ``distill serve
+--defer`` hands a request to the teacher (chosen by eval on the validation split)."""
+
+
 def resolve_student_dir(path: str | Path) -> Path:
     """A student folder, or the one a run holds: ``path`` itself when it has ``student.json``,
     else ``path/train/student`` (one run), else the student of ``path/promoted`` then

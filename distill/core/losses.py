@@ -9,10 +9,22 @@ IGNORE_INDEX = -100
 """Label / target id that contributes no loss (rows without a hard label, summary padding)."""
 
 
+def _weighted_mean(per_row: torch.Tensor, weight: torch.Tensor | None) -> torch.Tensor:
+    """Σ wᵢ·lᵢ / Σ wᵢ (the plain mean when ``weight`` is None; 0 when every weight is 0)."""
+    if weight is None:
+        return per_row.mean()
+    weight = weight.to(per_row.dtype)
+    return (per_row * weight).sum() / weight.sum().clamp(min=1e-12)
+
+
 def soft_label_kl(
-    student_logits: torch.Tensor, teacher_probs: torch.Tensor, temperature: float
+    student_logits: torch.Tensor,
+    teacher_probs: torch.Tensor,
+    temperature: float,
+    weight: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """T² · KL(teacher_T ‖ student_T), averaged over the batch.
+    """T² · KL(teacher_T ‖ student_T), averaged over the batch (weighted by ``weight`` (batch,)
+    per row when given: Σ wᵢ·KLᵢ / Σ wᵢ).
 
     student_logits: (batch, labels). teacher_probs: (batch, labels), rows sum to 1; they
     are sharpened or softened to temperature T as p^(1/T) renormalised (the same as
@@ -22,21 +34,29 @@ def soft_label_kl(
     teacher_log = torch.log(teacher_probs.float().clamp(min=1e-12)) / temperature
     teacher_t = teacher_log.log_softmax(-1)
     student_t = (student_logits.float() / temperature).log_softmax(-1)
-    kl = F.kl_div(student_t, teacher_t, log_target=True, reduction="batchmean")
-    return kl * temperature**2
+    kl = F.kl_div(student_t, teacher_t, log_target=True, reduction="none").sum(-1)
+    return _weighted_mean(kl, weight) * temperature**2
 
 
 def hard_label_ce(
-    student_logits: torch.Tensor, labels: torch.Tensor, ignore_index: int = IGNORE_INDEX
+    student_logits: torch.Tensor,
+    labels: torch.Tensor,
+    ignore_index: int = IGNORE_INDEX,
+    weight: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Mean cross-entropy over the rows that have a label, 0 when none has one.
 
     student_logits: (batch, labels); labels: (batch,) label indices, ``ignore_index`` for rows
     without one. Sum / count (count clamped to 1) rather than the mean reduction, which is NaN
-    for an all-ignored batch; this also needs no host sync to check for that case.
+    for an all-ignored batch; this also needs no host sync to check for that case. ``weight``
+    (batch,): Σ wᵢ·CEᵢ / Σ wᵢ over the labelled rows.
     """
-    total = F.cross_entropy(student_logits.float(), labels, ignore_index=ignore_index, reduction="sum")
-    return total / (labels != ignore_index).sum().clamp(min=1)
+    if weight is None:
+        total = F.cross_entropy(student_logits.float(), labels, ignore_index=ignore_index, reduction="sum")
+        return total / (labels != ignore_index).sum().clamp(min=1)
+    per_row = F.cross_entropy(student_logits.float(), labels, ignore_index=ignore_index, reduction="none")
+    w = weight.float() * (labels != ignore_index)
+    return (per_row * w).sum() / w.sum().clamp(min=1e-12)
 
 
 def distillation_loss(
@@ -45,17 +65,19 @@ def distillation_loss(
     labels: torch.Tensor | None,
     temperature: float,
     soft_weight: float,
+    weight: torch.Tensor | None = None,
 ) -> dict[str, torch.Tensor]:
     """soft_weight · T²·KL + (1 − soft_weight) · CE; returns the mix and its parts.
 
-    ``labels`` None is pure KD (soft_weight must then be 1): no "ce" part.
+    ``labels`` None is pure KD (soft_weight must then be 1): no "ce" part. ``weight`` (batch,):
+    each row's share of both terms (train.teacher_confidence: weight).
     """
-    kd = soft_label_kl(student_logits, teacher_probs, temperature)
+    kd = soft_label_kl(student_logits, teacher_probs, temperature, weight)
     if labels is None:
         if soft_weight != 1.0:
             raise ValueError(f"no hard labels but soft_weight {soft_weight} gives CE a weight")
         return {"loss": kd, "kd": kd}
-    ce = hard_label_ce(student_logits, labels)
+    ce = hard_label_ce(student_logits, labels, weight=weight)
     return {"loss": soft_weight * kd + (1.0 - soft_weight) * ce, "kd": kd, "ce": ce}
 
 

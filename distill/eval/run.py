@@ -17,10 +17,11 @@ from distill.core.config import PipelineConfig
 from distill.core.data import read_jsonl
 from distill.core.devices import eval_device
 from distill.core.errors import DistillError
-from distill.core.layout import output_path
+from distill.core.layout import DEFER_FILE, output_path
 from distill.core.manifest import Timer, write_manifest
 from distill.eval.gates import check_gates
 from distill.eval.metrics.bootstrap import bootstrap_indices
+from distill.eval.metrics.cascade import with_latency
 from distill.eval.provenance import student_provenance, warn
 from distill.eval.report.markdown import html, markdown
 from distill.eval.speed import measure_speed
@@ -107,6 +108,31 @@ def models_section(cfg: PipelineConfig, student: Student, student_dir: Path, spe
     return models
 
 
+def store_defer_thresholds(
+    cfg: PipelineConfig, report: dict[str, Any], speed: dict[str, Any], student_dir: Path
+) -> None:
+    """Each cascade's estimated latency, and the thresholds chosen on validation for serve.defer's
+    target written beside the student (``defer.json``), which ``distill serve --defer`` reads."""
+    chosen = {}
+    for name, m in report["tasks"].items():
+        casc = m.get("cascade")
+        if not casc or "chosen" not in casc:
+            continue
+        student_ms = speed["student"].get(name, {}).get("latency_p50_ms")
+        with_latency(casc, student_ms, speed["teacher"].get(name, {}).get("latency_p50_ms"))
+        point = casc["chosen"]
+        chosen[name] = {
+            "threshold": point["threshold"],  # None: defer everything
+            "target": point["target"],
+            "validation_deferred": point["validation_deferred"],
+            "validation_rows": casc["validation_rows"],
+            f"{cfg.eval.split}_deferred": point["deferred"],
+            f"{cfg.eval.split}_accuracy": point["accuracy"],
+        }
+    if chosen:
+        (student_dir / DEFER_FILE).write_text(json.dumps(chosen, indent=2) + "\n")
+
+
 @torch.no_grad()  # scoped: a global switch would leak into the caller's process
 def run(cfg: PipelineConfig) -> dict[str, Any]:
     timer = Timer()
@@ -145,6 +171,7 @@ def run(cfg: PipelineConfig) -> dict[str, Any]:
     with timer.section("speed"):
         speed = measure_speed(cfg, test, student, tokenizer, device)
     report["models"] = models_section(cfg, student, student_dir, speed)
+    store_defer_thresholds(cfg, report, speed, student_dir)
     report["gates"] = check_gates(report, ec.gates)
     out = cfg.path / "eval"
     out.mkdir(parents=True, exist_ok=True)

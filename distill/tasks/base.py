@@ -43,6 +43,9 @@ class Task:
     every task has (distill/core/config/task.py); ``task.options`` holds them."""
     generates_text: ClassVar[bool] = False
     """Writes text through the student's shared decoder (and so has no label head)."""
+    selectable: ClassVar[bool] = False
+    """teach.select may choose which train rows the teacher labels: the kind has ``encode``,
+    ``ask_rows`` and ``pseudo_rows``, and its teach rows hold a ``teacher_distribution``."""
 
     def __init__(self, cfg: TaskConfig):
         if cfg.options is None:
@@ -106,6 +109,28 @@ class Task:
         shots: list[Example],
     ) -> tuple[dict[str, list[Answer]], dict[str, Any] | None]:
         """Split → the teacher's answers, and what was fitted on them (calibration) or None."""
+        raise NotImplementedError
+
+    def ask_rows(
+        self, cached: CachedTeacher, rows: list[Example], shots: list[Example], progress: Any = None
+    ) -> list[Answer]:
+        """The teacher's raw answers for ``rows`` (a selectable kind; ``teach`` asks through it)."""
+        raise NotImplementedError
+
+    def encode(
+        self, rows: list[dict[str, Any]], tokenizer: Any, max_length: int
+    ) -> dict[str, list[list[int]]]:
+        """``input_ids`` (and ``token_type_ids`` for kinds with segments) per row, unpadded: what
+        the student's encoder reads."""
+        raise NotImplementedError
+
+    def data_row(self, example: dict[str, Any]) -> dict[str, Any]:
+        """An example (or a served request) in the task's data format, without gold: how
+        ``distill serve --defer`` logs traffic the task later reads back (classification kinds)."""
+        raise NotImplementedError
+
+    def pseudo_rows(self, examples: list[Example], probs: np.ndarray) -> list[dict[str, Any]]:
+        """Teach rows for ``examples`` labelled by a learner's ``probs`` (n, labels), marked so."""
         raise NotImplementedError
 
     def output_rows(

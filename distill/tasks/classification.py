@@ -5,6 +5,7 @@ soft_weight · T²·KL + (1 − soft_weight) · CE."""
 from __future__ import annotations
 
 import sys
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -15,11 +16,15 @@ from distill.core.data import Example, read_jsonl
 from distill.core.errors import ConfigError, DistillError
 from distill.core.losses import IGNORE_INDEX, distillation_loss
 from distill.core.tensors import length_mask, pad
+from distill.eval.metrics.cascade import cascade_section
 from distill.eval.metrics.classification import classification_metrics, macro_f1
 from distill.tasks.base import Task, TimedCalls
 from distill.teach.calibration import CONTENT_FREE_INPUTS, at_search_bound, calibrate, fit_temperature, nll
 from distill.teach.prompts import classification_prompt, few_shot_examples, template_version
 from distill.train.batches import TaskTensors
+
+PSEUDO_LABEL = "pseudo_label"
+"""``teacher_method`` of a row the teacher never saw, labelled by teach.select's learner."""
 
 
 @dataclass
@@ -36,6 +41,7 @@ class Classification(Task):
     kind = "classification"
     headline = "accuracy"
     Options = ClassificationOptions
+    selectable = True
 
     @classmethod
     def check_config(cls, cfg) -> None:
@@ -88,6 +94,12 @@ class Classification(Task):
             "label": self._label(row, index, where),
         }
 
+    def data_row(self, example: dict[str, Any]) -> dict[str, Any]:
+        """``example`` back in the task's data format (its fields), without a gold label: the form
+        of a served request in the traffic log, which the task reads back as train rows."""
+        row = {self.options.text_field: example["text"]}
+        return {"id": example["id"], **row} if "id" in example else row
+
     def _label(self, row: dict[str, Any], index: int, where: str) -> str | None:
         column = self.options.label_field
         label = row.get(column) if column else None
@@ -128,15 +140,17 @@ class Classification(Task):
             pool = self.load_split(pipeline.teach.few_shot_split)
         return few_shot_examples(self.cfg, pool, pipeline.teach.few_shot)
 
+    def ask_rows(self, cached, rows, shots, progress=None):
+        return cached.label_distribution(
+            [self.prompt(ex, shots) for ex in rows],
+            list(self.options.labels.values()),
+            template_version(self.cfg, self.options.labels),
+            progress,
+        )
+
     def teach(self, cached, pipeline, examples, shots):
-        verbalizers = list(self.options.labels.values())
-        version = template_version(self.cfg, self.options.labels)
         answers = self._ask_splits(
-            pipeline,
-            examples,
-            lambda exs, progress: cached.label_distribution(
-                [self.prompt(ex, shots) for ex in exs], verbalizers, version, progress
-            ),
+            pipeline, examples, lambda exs, progress: self.ask_rows(cached, exs, shots, progress)
         )
         cal = pipeline.teach.calibration
         if cal.prior == "none" and not cal.temperature:
@@ -219,15 +233,29 @@ class Classification(Task):
             rows.append(row)
         return rows
 
+    def pseudo_rows(self, examples, probs):
+        names = self.labels
+        return [
+            {
+                **ex,
+                "teacher_distribution": p.tolist(),
+                "teacher_label": names[int(p.argmax())],
+                "teacher_label_mass": None,
+                "teacher_method": PSEUDO_LABEL,
+            }
+            for ex, p in zip(examples, probs)
+        ]
+
     def split_counts(self, rows):
         methods: dict[str, int] = {}
         for r in rows:
             methods[r["teacher_method"]] = methods.get(r["teacher_method"], 0) + 1
+        taught = [r for r in rows if r["teacher_method"] != PSEUDO_LABEL]
         return {
             "rows": len(rows),
             "with_gold": sum(r["label"] is not None for r in rows),
             "teacher_labels": {name: sum(r["teacher_label"] == name for r in rows) for name in self.labels},
-            "mean_label_mass": round(sum(r["teacher_label_mass"] for r in rows) / max(len(rows), 1), 4),
+            "mean_label_mass": round(sum(r["teacher_label_mass"] for r in taught) / max(len(taught), 1), 4),
             "methods": methods,
         }
 
@@ -252,14 +280,34 @@ class Classification(Task):
         }
 
     def tensors(self, rows, tokenizer, spec, train, codec=None) -> TaskTensors:
+        rows, counts = self._trusted(rows, train.teacher_confidence)
         encoded = self.encode(rows, tokenizer, spec.max_length)
+        targets = self._targets(rows, train.hard_labels)
+        if train.teacher_confidence is not None and train.teacher_confidence.weight:
+            targets["row_weight"] = targets["teacher_probs"].max(-1).values
         return TaskTensors(
             self.name,
             encoded["input_ids"],
             token_type_ids=encoded.get("token_type_ids"),
-            row_targets=self._targets(rows, train.hard_labels),
+            row_targets=targets,
             batch_size=train.batch_size,
+            counts=counts,
         )
+
+    def _trusted(self, rows, trust) -> tuple[list[dict[str, Any]], dict[str, Any] | None]:
+        """train.teacher_confidence: the rows kept (min) and what was set aside or weighted."""
+        if trust is None:
+            return rows, None
+        confidence = np.array([max(r["teacher_distribution"]) for r in rows])
+        if trust.weight:
+            return rows, {"weighted_by": trust.weight, "mean_weight": round(float(confidence.mean()), 4)}
+        kept = [r for r, c in zip(rows, confidence) if c >= trust.min]
+        if not kept:
+            raise DistillError(
+                f"task {self.name}: train.teacher_confidence.min {trust.min} drops every train row "
+                f"(the teacher's highest confidence is {confidence.max():.3f})"
+            )
+        return kept, {"min_confidence": trust.min, "kept": len(kept), "dropped": len(rows) - len(kept)}
 
     def _targets(self, rows, source: str) -> dict[str, torch.Tensor]:
         """teacher_probs (rows, labels), and labels (rows,) for CE: gold (IGNORE_INDEX where a row
@@ -281,7 +329,12 @@ class Classification(Task):
         temperature = train.kd_temperature if self.cfg.kd_temperature is None else self.cfg.kd_temperature
         logits = out.pop("logits")  # (batch, labels)
         parts = distillation_loss(
-            logits, inputs["teacher_probs"], inputs.get("labels"), temperature, soft_weight
+            logits,
+            inputs["teacher_probs"],
+            inputs.get("labels"),
+            temperature,
+            soft_weight,
+            inputs.get("row_weight"),
         )
         return {**parts, **out}  # plus the sharing losses, if any
 
@@ -308,7 +361,36 @@ class Classification(Task):
         train_rows = read_jsonl(output_path(pipeline, self.name, "train"))
         min_mass = pipeline.teach.teacher.min_label_mass
         section = classification_metrics(self.labels, rows, probs, train_rows, resamples, min_mass)
+        section["taught_train_rows"] = dict(Counter(r["teacher_method"] for r in train_rows))
+        defer = pipeline.serve.defer
+        validation = self._cascade_inputs(pipeline, student, tokenizer)
+        section["cascade"] = cascade_section(
+            validation, self._cascade_rows(rows, probs), resamples, defer.rate, defer.accuracy
+        )
         return section, self._scores(probs.argmax(-1), rows)
+
+    def _cascade_rows(self, rows, probs) -> dict[str, np.ndarray]:
+        names = self.labels
+        return {
+            "confidence": probs.max(-1),
+            "student": probs.argmax(-1),
+            "teacher": np.array([names.index(r["teacher_label"]) for r in rows]),
+            "gold": np.array([names.index(r["label"]) if r["label"] is not None else -1 for r in rows]),
+        }
+
+    def _cascade_inputs(self, pipeline, student, tokenizer) -> dict[str, np.ndarray] | None:
+        """The taught validation rows' cascade inputs (where the thresholds are chosen), or None."""
+        from distill.core.layout import output_path
+
+        path = output_path(pipeline, self.name, "validation")
+        if pipeline.eval.split == "validation" or not path.is_file():
+            return None
+        rows = read_jsonl(path)
+        if not rows:
+            return None
+        return self._cascade_rows(
+            rows, self.student_probs(student, tokenizer, rows, pipeline.eval.batch_size)
+        )
 
     def _scores(self, predicted: np.ndarray, rows) -> dict[str, np.ndarray]:
         gold = np.array([self.labels.index(r["label"]) if r["label"] is not None else -1 for r in rows])

@@ -44,6 +44,9 @@ class SentencePair(Classification):
             "text_pair": self._text(row, self.options.text_pair_field, where, index),
         }
 
+    def data_row(self, example: dict[str, Any]) -> dict[str, Any]:
+        return {**super().data_row(example), self.options.text_pair_field: example["text_pair"]}
+
     def body(self, example: Example) -> str:
         return f"Text A: {example['text']}\nText B: {example['text_pair']}"
 

@@ -1,5 +1,6 @@
 """`distill teach`: the teacher labels every classification example with a class
-distribution and summarises every document; answers go through the SQLite cache.
+distribution and summarises every document; answers go through the SQLite cache. With
+``teach.select`` the teacher labels only the train rows a learner chooses (distill/teach/active.py).
 
 An item the teacher could not answer is never written as a label: its split's output is
 withheld, the item is listed in ``teach/failures.jsonl`` with the reason, and the run ends
@@ -17,6 +18,7 @@ from distill.core.data import Example, read_jsonl, source_fingerprint, write_jso
 from distill.core.layout import cache_path, failures_path, output_path
 from distill.core.manifest import Timer, write_manifest
 from distill.tasks import Task, task_for, tasks_for
+from distill.teach.active import teach_selected
 from distill.teach.cache import AnswerCache
 from distill.teach.teachers import load_teacher
 from distill.teach.teachers.base import Teacher
@@ -42,11 +44,18 @@ def run(cfg: PipelineConfig, teacher: Teacher | None = None) -> dict[str, Any]:
     counts: dict[str, dict[str, Any]] = {}
     calibration: dict[str, Any] = {}
     failures: list[dict[str, Any]] = []
+    selected: dict[str, Any] = {}
     try:
         for task in tasks:
+            pseudo: list[dict[str, Any]] = []
             with timer.section(task.name):
                 examples = {split: data[task.name, split] for split in task.taught_splits(cfg)}
-                answers, fitted = task.teach(cached, cfg, examples, shots[task.name])
+                if cfg.teach.select.active and task.selectable and "train" in examples:
+                    answers, fitted, examples["train"], pseudo, selected[task.name] = teach_selected(
+                        task, cached, cfg, examples, shots[task.name]
+                    )
+                else:
+                    answers, fitted = task.teach(cached, cfg, examples, shots[task.name])
                 if fitted:
                     calibration[task.name] = fitted
             for split, got in answers.items():
@@ -62,6 +71,8 @@ def run(cfg: PipelineConfig, teacher: Teacher | None = None) -> dict[str, Any]:
                     counts[f"{task.name}/{split}"] = {"rows": len(got), "failed": len(failed)}
                     continue
                 rows = task.output_rows(examples[split], got, fitted)
+                if split == "train":
+                    rows += pseudo  # marked teacher_method: pseudo_label
                 write_jsonl(path, rows)
                 counts[f"{task.name}/{split}"] = task.split_counts(rows)
     finally:
@@ -71,6 +82,7 @@ def run(cfg: PipelineConfig, teacher: Teacher | None = None) -> dict[str, Any]:
     else:
         failures_path(cfg).unlink(missing_ok=True)
     sources = {f"{t.name}/{s}": t.cfg.data[s] for t in tasks for s in t.taught_splits(cfg)}
+    sources |= {f"{t.name}/traffic": t.cfg.traffic for t in tasks if t.cfg.traffic}
     summary = {
         "complete": not failures,
         "failures": len(failures),
@@ -93,6 +105,7 @@ def run(cfg: PipelineConfig, teacher: Teacher | None = None) -> dict[str, Any]:
             "teacher_calls": cached.calls,  # answers received, stored or not
             "stored": cached.stored,
         },
+        "select": selected or None,
         "inputs": {k: {"source": v, "sha256": source_fingerprint(v)} for k, v in sources.items()},
     }
     write_manifest(cfg.path / "teach", "teach", cfg, timer, **summary)

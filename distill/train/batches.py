@@ -47,9 +47,9 @@ class TaskTensors:
     """Token-level KD: per row, the teacher's top-k ids (T, k) and log-probabilities (T, k) at
     each target token."""
     batch_size: int = 1
-    counts: dict[str, int] | None = None
-    """Summarization: rows whose teacher summary was cut by the length limit, and how many
-    of them were dropped."""
+    counts: dict[str, Any] | None = None
+    """The rows set aside or weighted, for the train manifest's ``row_counts``: summarization's
+    cut teacher summaries (and how many were dropped), classification's train.teacher_confidence."""
 
     def __len__(self) -> int:
         return len(self.input_ids)

@@ -100,7 +100,7 @@ def _summary(recipe: Recipe, start: int, log_path: Path) -> dict[str, Any]:
         "sharing": tc.student.sharing,
         "inputs": {"teach_outputs_sha256": recipe.client_state["teach_outputs_sha256"], "split": "train"},
         "rows": {t.name: len(t) for t in recipe.tensors},
-        "summaries": {t.name: t.counts for t in recipe.tensors if t.counts is not None},
+        "row_counts": {t.name: t.counts for t in recipe.tensors if t.counts is not None},
         "weight_decay_groups": {k: len(v) for k, v in recipe.decay.items()},
         "student_parameters": recipe.n_parameters,
         "final_losses": _tail_means(log_path, list(recipe.tasks)),

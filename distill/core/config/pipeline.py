@@ -10,6 +10,7 @@ from typing import Any
 
 from distill.core.config.eval import AblateConfig, EvalConfig
 from distill.core.config.loader import Plugins, build, plain, read_yaml
+from distill.core.config.serve import ServeConfig
 from distill.core.config.task import TaskConfig
 from distill.core.config.teach import TeachConfig
 from distill.core.config.train import TrainConfig
@@ -24,6 +25,7 @@ class PipelineConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     ablate: AblateConfig = field(default_factory=AblateConfig)
+    serve: ServeConfig = field(default_factory=ServeConfig)
     teacher_vocabulary: str | None = field(default=None, init=False)
     """Derived, not a key: a local tokenizer with the teacher's own vocabulary, as its backend
     answers (``Backend.vocabulary``; set by distill.pipeline.load)."""

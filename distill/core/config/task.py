@@ -54,6 +54,10 @@ class TaskConfig:
     (document → summary)."""
     data: dict[str, str]
     """Split name → local .jsonl/.json/.csv/.parquet file, or ``hub:NAME[:CONFIG]``."""
+    traffic: str | None = None
+    """A traffic log of ``distill serve --defer`` (``run_dir/traffic/<task>.jsonl``): the requests
+    the student deferred to its teacher join the train split (their answers are in the cache
+    already), so the next run learns what the student could not do. Not counted by max_rows."""
     instruction: str | None = None
     """Overrides the default prompt instruction for this task."""
     max_rows: dict[str, int] = field(default_factory=dict)
@@ -84,6 +88,8 @@ class TaskConfig:
                     f"{where}.data.{split}: {source!r} is neither a "
                     f"{'/'.join(DATA_SUFFIXES)} file nor hub:NAME"
                 )
+        if self.traffic is not None and not self.traffic.endswith(".jsonl"):
+            raise ConfigError(f"{where}.traffic: {self.traffic!r} is not a .jsonl traffic log")
         for split, n in self.max_rows.items():
             if split not in self.data:
                 raise ConfigError(f"{where}.max_rows.{split}: no such split in data")

@@ -103,6 +103,27 @@ class WeightingConfig:
 
 
 @dataclass
+class TeacherConfidenceConfig:
+    """How much a classification row's teacher label is trusted, by the teacher's confidence
+    (the top probability of its calibrated distribution): exactly one of ``min`` and ``weight``.
+    Rows labelled by teach.select's learner (pseudo labels) carry that learner's confidence."""
+
+    min: float | None = None
+    """Drop the rows whose teacher confidence is below this."""
+    weight: Literal["confidence"] | None = None
+    """confidence: each row's KD and hard-label terms are weighted by its teacher confidence
+    (a batch's term is Σ wᵢ·lossᵢ / Σ wᵢ, so equal weights give the unweighted loss)."""
+
+    def __post_init__(self) -> None:
+        if (self.min is None) == (self.weight is None):
+            raise ConfigError(
+                "train.teacher_confidence: set exactly one of min (drop) and weight (confidence)"
+            )
+        if self.min is not None and not 0.0 < self.min <= 1.0:
+            raise ConfigError("train.teacher_confidence.min: must be within (0, 1]")
+
+
+@dataclass
 class TrainConfig:
     student: StudentConfig = field(default_factory=StudentConfig)
     deepspeed: str = "pipelines/deepspeed/zero0_fp32.json"
@@ -134,6 +155,9 @@ class TrainConfig:
     hard_labels: Literal["gold", "teacher", "none"] = "teacher"
     """The CE target: the teacher's argmax (distil from the teacher), the gold label (rows without
     one get no CE), or none (pure KD; needs soft_weight 1.0)."""
+    teacher_confidence: TeacherConfidenceConfig | None = None
+    """Classification: drop or down-weight the rows the teacher was unsure of; None: every
+    teacher label at full weight."""
     cut_summaries: Literal["no_eos", "exclude"] = "no_eos"
     """Teacher summaries cut by the length limit: taught without an end token, or dropped."""
     summary_targets: Literal["teacher", "reference"] = "teacher"

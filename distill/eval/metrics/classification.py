@@ -150,6 +150,31 @@ def majority_baseline(
     }
 
 
+def per_class(
+    names: list[str], pred: np.ndarray, gold: np.ndarray, majority_rate: float | None
+) -> dict[str, Any]:
+    """Precision, recall and support of ``pred`` per gold class (rows with gold only), and the
+    classes whose recall is below ``majority_rate`` (the majority-class baseline's accuracy): on
+    those rows the model is right less often than always answering the most common label is."""
+    keep = gold >= 0
+    pred, gold = pred[keep], gold[keep]
+    classes = {}
+    for i, name in enumerate(names):
+        predicted, actual = pred == i, gold == i
+        hits = int((predicted & actual).sum())
+        classes[name] = {
+            "precision": round(hits / int(predicted.sum()), 4) if predicted.any() else None,
+            "recall": round(hits / int(actual.sum()), 4) if actual.any() else None,
+            "support": int(actual.sum()),
+        }
+    below = [
+        name
+        for name, c in classes.items()
+        if majority_rate is not None and c["recall"] is not None and c["recall"] < majority_rate
+    ]
+    return {"classes": classes, "below_majority_rate": below, "majority_rate": majority_rate}
+
+
 def label_mass_summary(rows: list[dict[str, Any]], min_label_mass: float | None) -> dict[str, Any]:
     """How much of the teacher's next-token mass fell on the verbalizers (low = off-format answers)."""
     mass = np.array([r["teacher_label_mass"] for r in rows], dtype=float)
@@ -197,6 +222,8 @@ def classification_metrics(
         "teacher_methods": dict(Counter(r["teacher_method"] for r in rows)),
     }
     baseline = report["majority_baseline"]
+    rate = baseline["accuracy"] if baseline else None
+    report["teacher_per_class"] = per_class(names, teacher_probs.argmax(-1), gold, rate)
     if baseline is None:
         report["majority_baseline_note"] = NO_BASELINE
     for who in ("teacher", "student"):

@@ -4,72 +4,23 @@ table here is built once (a ``Table`` of formatted cells) and rendered to either
 
 from __future__ import annotations
 
-import dataclasses
 import html as html_lib
 from typing import Any
 
+from distill.eval.report.classification import (
+    CASCADE_NOTE,
+    accuracy_gap_notes,
+    baseline_notes,
+    cascade_notes,
+    cascade_table,
+    classification_table,
+    label_mass_table,
+    teacher_class_table,
+)
 from distill.eval.report.figures import classification_figures, speed_figure, training_figures
-
-
-@dataclasses.dataclass(frozen=True)
-class Table:
-    header: list[str]
-    rows: list[list[str]]
-
-
-def _fmt(value: Any, spec: str = "{:.3f}") -> str:
-    if value is None:
-        return "n/a"
-    return spec.format(value) if isinstance(value, float) else str(value)
-
-
-def _cell(node: dict[str, Any] | None, key: str) -> str:
-    """'0.812 [0.771, 0.850]': a figure and its 95% interval."""
-    if not node or key not in node:
-        return ""
-    ci = node.get(f"{key}_ci95")
-    return _fmt(node[key]) + (f" [{ci[0]:.3f}, {ci[1]:.3f}]" if ci else "")
-
+from distill.eval.report.table import Table, cell, fmt
 
 # --- the tables and notes, shared by both formats ------------------------------------------------
-
-
-def classification_table(cls: dict[str, Any]) -> Table:
-    rows = []
-    for name, m in cls.items():
-        for who in ("majority_baseline", "teacher", "student"):
-            node = m[who]
-            extra = [_cell(m, "agreement"), _cell(m, "kl_teacher_student")] if who == "student" else ["", ""]
-            label = f"majority ({node['label']})" if who == "majority_baseline" and node else who
-            cells = [*(_cell(node, k) for k in ("accuracy", "macro_f1", "ece")), *extra]
-            rows.append([name, label.replace("_", " "), *cells])
-    header = ["task", "model", "accuracy", "macro-F1", "ECE", "agreement", "KL(t‖s)"]
-    return Table(header, rows)
-
-
-def baseline_notes(cls: dict[str, Any]) -> list[str]:
-    """Why a task has no majority-class baseline row (no gold on the scored split)."""
-    return [
-        f"{name}: {m['majority_baseline_note']}."
-        for name, m in cls.items()
-        if m.get("majority_baseline_note")
-    ]
-
-
-def accuracy_gap_notes(cls: dict[str, Any]) -> list[str]:
-    notes = [(name, _cell(m, "student_minus_teacher_accuracy")) for name, m in cls.items()]
-    return [f"{name}: student − teacher accuracy {gap} (paired)." for name, gap in notes if gap]
-
-
-def label_mass_table(cls: dict[str, Any]) -> Table:
-    rows = []
-    for name, m in cls.items():
-        mass = m["teacher_label_mass"]
-        below = "" if mass["below_min"] is None else f"{mass['below_min']} (< {mass['min_label_mass']})"
-        methods = ", ".join(f"{k}: {v}" for k, v in m["teacher_methods"].items())
-        rows.append([name, *(str(mass[k]) for k in ("min", "p5", "p50", "mean")), below, methods])
-    header = ["task", "label mass min", "p5", "p50", "mean", "below min_label_mass", "teacher methods"]
-    return Table(header, rows)
 
 
 ROUGE_COLUMNS = ("rouge1", "rouge2", "rougeL")
@@ -106,7 +57,7 @@ def _rouge_comparisons(m: dict[str, Any]) -> list[tuple[str, dict[str, Any] | No
 
 def rouge_table(summ: dict[str, Any]) -> Table:
     rows = [
-        [name, label, *(_cell(node, k) for k in ROUGE_COLUMNS)]
+        [name, label, *(cell(node, k) for k in ROUGE_COLUMNS)]
         for name, m in summ.items()
         for label, node in _rouge_comparisons(m)
     ]
@@ -125,7 +76,7 @@ def _decoding_text(decoding: dict[str, Any] | None) -> str:
 def degeneration_table(tasks: dict[str, Any]) -> Table:
     """``tasks``: the summary tasks whose report has degeneration figures."""
     rows = [
-        [name, who, *(_fmt(m["degeneration"][who][k], f) for k, f in DEGENERATION_COLUMNS.items())]
+        [name, who, *(fmt(m["degeneration"][who][k], f) for k, f in DEGENERATION_COLUMNS.items())]
         for name, m in tasks.items()
         for who in ("teacher", "student")
     ]
@@ -136,7 +87,7 @@ def degeneration_table(tasks: dict[str, Any]) -> Table:
 def decoding_notes(tasks: dict[str, Any]) -> list[str]:
     return [
         f"{name}: student decoding {_decoding_text(m.get('decoding'))}; student/teacher length "
-        f"{_fmt(m['degeneration'].get('student_to_teacher_length'))}"
+        f"{fmt(m['degeneration'].get('student_to_teacher_length'))}"
         + (f"; student.json's decoding {m['student_json_decoding']}" if "student_json_decoding" in m else "")
         for name, m in tasks.items()
     ]
@@ -149,9 +100,9 @@ def speed_table(models: dict[str, Any]) -> Table:
             task,
             s["device"],
             str(s["batch_size"]),
-            f"{_fmt(s['items_per_s'])} ({s['batched_items']})",
-            _fmt(s["latency_p50_ms"]),
-            _fmt(s["latency_p95_ms"]),
+            f"{fmt(s['items_per_s'])} ({s['batched_items']})",
+            fmt(s["latency_p50_ms"]),
+            fmt(s["latency_p95_ms"]),
             str(s["latency_samples"]),
             f"{models[who]['parameters'] / 1e6:.1f}M",
         ]
@@ -187,7 +138,7 @@ def gates_table(gates: dict[str, Any]) -> Table:
         return "" if g.get(key) is None else str(g[key])
 
     rows = [
-        [k, _fmt(g["value"]), bound(g, "min"), bound(g, "max"), str(g["passed"])] for k, g in gates.items()
+        [k, fmt(g["value"]), bound(g, "min"), bound(g, "max"), str(g["passed"])] for k, g in gates.items()
     ]
     return Table(["gate", "value", "min", "max", "passed"], rows)
 
@@ -222,7 +173,13 @@ def _markdown_table(table: Table) -> list[str]:
 def _classification_lines(cls: dict[str, Any]) -> list[str]:
     notes = [*baseline_notes(cls), *accuracy_gap_notes(cls)]
     lines = [*_markdown_table(classification_table(cls)), "", *notes, ""]
-    return lines + _markdown_table(label_mass_table(cls)) + [""]
+    lines += _markdown_table(label_mass_table(cls)) + [""]
+    lines += _markdown_table(teacher_class_table(cls)) + [""]
+    casc = cascade_table(cls)
+    if casc.rows:
+        lines += [*_markdown_table(casc), "", CASCADE_NOTE, ""]
+    notes = cascade_notes(cls)
+    return lines + ([*notes, ""] if notes else [])
 
 
 def _degeneration_lines(summ: dict[str, Any]) -> list[str]:
@@ -331,6 +288,15 @@ def _classification_html(cls: dict[str, Any]) -> list[str]:
         *_paragraphs(accuracy_gap_notes(cls)),
     ]
     parts += ["<h3>Teacher label mass</h3>", html_table(label_mass_table(cls))]
+    parts += ["<h3>Teacher per class</h3>", html_table(teacher_class_table(cls))]
+    casc = cascade_table(cls)
+    if casc.rows:
+        parts += [
+            "<h3>Cascade: deferring to the teacher</h3>",
+            html_table(casc),
+            *_paragraphs([CASCADE_NOTE]),
+        ]
+    parts += _paragraphs(cascade_notes(cls))
     for name, m in cls.items():
         figures = classification_figures(name, m)
         parts += [f"<h3>{_esc(name)}: calibration and errors</h3>", *figures] if figures else []

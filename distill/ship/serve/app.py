@@ -22,7 +22,9 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 
+from distill.core.config import PipelineConfig
 from distill.ship.serve.batching import Metrics
+from distill.ship.serve.defer import Deferral
 from distill.ship.serve.protocol import (
     ENDPOINTS,
     ChatRequest,
@@ -76,21 +78,27 @@ def create_app(
     max_chars: int = 20000,
     device: str = "auto",
     max_batch_tokens: int = MAX_BATCH_TOKENS,
+    defer: PipelineConfig | None = None,
 ) -> FastAPI:
     """The server of the student folder ``student_dir`` (``resolve_student_dir`` finds it in a
     run folder), on ``device`` (auto: cuda when visible, as eval picks). A batch of up to
     ``max_batch`` items runs sorted by length in model calls of at most ``max_batch_tokens``
     padded tokens (a row longer than that runs alone). Loads the student now, so a bad folder
-    fails here, before anything listens."""
+    fails here, before anything listens. ``defer``: the pipeline whose teacher answers the
+    classification requests the student is unsure of (``defer.py``)."""
     service = Service(student_dir, max_batch, max_wait_ms, max_chars, device, max_batch_tokens)
+    deferral = Deferral(defer, service.student_dir, service.tasks) if defer is not None else None
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         yield
         await service.batcher.close()
+        if deferral is not None:
+            deferral.close()
 
     app = FastAPI(title="distill student", lifespan=lifespan)
     app.state.service = service
+    app.state.deferral = deferral
     _install_handlers(app, service.metrics)
 
     @app.post("/v1/classify")
@@ -110,12 +118,21 @@ def create_app(
         service.metrics.items("/v1/classify", len(rows))
         probs = await service.answers((task.name,), rows)
         labels = task.labels
-        return {
+        answered = [{"distribution": p, "answered_by": "student"} for p in probs]
+        if deferral is not None:
+            answered = await deferral.answer(task.name, rows, probs)
+        out = {
             "task": task.name,
             "labels": labels,
-            "distributions": [dict(zip(labels, p)) for p in probs],
-            "predictions": [labels[max(range(len(p)), key=p.__getitem__)] for p in probs],
+            "distributions": [dict(zip(labels, a["distribution"])) for a in answered],
+            "predictions": [
+                labels[max(range(len(labels)), key=a["distribution"].__getitem__)] for a in answered
+            ],
+            "answered_by": [a["answered_by"] for a in answered],
         }
+        if deferral is not None:
+            out["teacher_unavailable"] = [a["teacher_unavailable"] for a in answered]
+        return out
 
     async def summaries(endpoint: str, task: Any, documents: list[str], param: str, max_new: int):
         check_texts(documents, param, max_chars)
@@ -166,11 +183,11 @@ def create_app(
 
     @app.get("/health")
     async def health() -> dict[str, Any]:
-        return service.health()
+        return {**service.health(), "defer": deferral.record() if deferral else None}
 
     @app.get("/metrics")
     async def metrics() -> dict[str, Any]:
-        return service.metrics.snapshot()
+        return {**service.metrics.snapshot(), "defer": deferral.snapshot() if deferral else None}
 
     return app
 
@@ -184,6 +201,7 @@ def serve(
     max_chars: int = 20000,
     device: str = "auto",
     max_batch_tokens: int = MAX_BATCH_TOKENS,
+    defer: PipelineConfig | None = None,
 ) -> None:
     """Serve the student of ``path`` (a student folder or a run folder) until interrupted;
     ``port`` 0 picks a free one (uvicorn's log line says which)."""
@@ -192,12 +210,15 @@ def serve(
     from distill.core.layout import resolve_student_dir
 
     folder = resolve_student_dir(path)
-    app = create_app(folder, max_batch, max_wait_ms, max_chars, device, max_batch_tokens)
+    app = create_app(folder, max_batch, max_wait_ms, max_chars, device, max_batch_tokens, defer)
     service = app.state.service
     tasks = ", ".join(f"{name} ({task.kind})" for name, task in service.tasks.items())
     print(
         f"serve: {folder} on {service.device}: {tasks}; max_batch {max_batch}, "
-        f"max_batch_tokens {max_batch_tokens}, max_wait {max_wait_ms} ms",
+        f"max_batch_tokens {max_batch_tokens}, max_wait {max_wait_ms} ms"
+        + (
+            f"; deferring to {defer.teach.teacher.model} below {app.state.deferral.record()}" if defer else ""
+        ),
         file=sys.stderr,
     )
     uvicorn.run(app, host=host, port=port, log_level="info", access_log=False)
