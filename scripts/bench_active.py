@@ -13,6 +13,11 @@ on the whole pool, with a 95% bootstrap interval over the eval rows; the headlin
 strategy needs (mean over seeds) to reach that interval's lower end, as a share of the pool.
 
 Prints a table per task and writes everything to ``--out`` (JSON).
+
+``--confirm CALLS`` then confirms the headline with the real student: per task, the strategy
+with the best proxy accuracy at CALLS and random, ``--seeds`` seeds each, and the student on the
+whole pool, each a real ``teach`` (the cached answers: no call) and ``train`` of the pipeline's
+student (same steps for all), scored on the eval split against gold and the teacher.
 """
 
 from __future__ import annotations
@@ -91,6 +96,7 @@ def main() -> None:
     ap.add_argument("--at", type=float, nargs="+", default=[0.2, 0.4], help="pool shares to compare at")
     ap.add_argument("--tasks", nargs="*", help="only these tasks (default: every classification task)")
     ap.add_argument("--out", default="runs/bench_active.json")
+    ap.add_argument("--confirm", type=int, help="calls at which to confirm with the real student")
     args = ap.parse_args()
     cfg = load(args.pipeline)
     split = cfg.eval.split
@@ -160,9 +166,82 @@ def main() -> None:
         out["seconds"] = round(time.perf_counter() - started, 1)
         report["tasks"][task.name] = out
         print_task(task.name, out)
+        if args.confirm:
+            out["real_student"] = confirm(args, task, out, gold, teacher)
+            print_confirm(task.name, out["real_student"])
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(report, indent=1))
     print(f"\nwrote {args.out}")
+
+
+def confirm(args, task, out: dict, gold: np.ndarray, teacher: np.ndarray) -> dict:
+    """The real student at ``args.confirm`` calls: the best proxy strategy there and random over
+    the seeds, and the whole pool once; each trained by the pipeline's own train stage."""
+    import copy
+
+    from distill.core.config.teach import SelectConfig
+    from distill.student.model import load_student
+    from distill.teach import run as teach_stage
+    from distill.train import run as train_stage
+
+    curves = out["curves"]
+    j = curves["random"]["calls"].index(args.confirm)
+    best = max(STRATEGIES[1:], key=lambda s: curves[s]["accuracy_mean"][j])
+    base = load(args.pipeline)
+    base.tasks = [t for t in base.tasks if t.name == task.name]
+    results: dict = {"calls": args.confirm, "best_strategy": best, "runs": {}}
+    plan = [(s, seed) for s in (best, "random") for seed in range(args.seeds)] + [("all", 0)]
+    for strategy, seed in plan:
+        cfg = copy.deepcopy(base)
+        cfg.run_dir = str(Path(args.out).with_suffix("") / task.name / f"{strategy}-{seed}")
+        budget = None if strategy == "all" else args.confirm
+        cfg.teach.select = SelectConfig(strategy=strategy, budget=budget, seed=seed, seed_rows=args.seed_rows,
+                                        per_round=args.per_round, l2=args.l2)  # fmt: skip
+        cfg.train.seed = seed
+        started = time.perf_counter()
+        teach_stage.run(cfg)
+        train_stage.run(cfg)
+        student, tokenizer = load_student(cfg.path / "train" / "student")
+        test = [r for r in read_jsonl(output_path(cfg, task.name, cfg.eval.split)) if r["label"] is not None]
+        pred = task.student_probs(student, tokenizer, test, 32).argmax(-1)
+        if strategy == "all":
+            whole_pred = pred
+        results["runs"].setdefault(strategy, []).append(
+            {
+                "seed": seed,
+                "accuracy": float((pred == gold).mean()),
+                "agreement": float((pred == teacher).mean()),
+                "seconds": round(time.perf_counter() - started, 1),
+            }  # fmt: skip
+        )
+    whole = results["runs"]["all"][0]["accuracy"]
+    whole_low, _ = bootstrap((whole_pred == gold).astype(float))
+    results["whole_pool"] = {"accuracy": whole, "interval_low": whole_low}
+    for strategy in (best, "random"):
+        accs = np.array([r["accuracy"] for r in results["runs"][strategy]])
+        results[strategy] = {"mean": round(float(accs.mean()), 4), "std": round(float(accs.std(ddof=1)), 4),
+                             "within_whole_pool_interval": bool(accs.mean() >= whole_low)}  # fmt: skip
+    b, r = results[best], results["random"]
+    noise = 2 * np.sqrt((b["std"] ** 2 + r["std"] ** 2) / args.seeds)
+    results["best_minus_random"] = {"diff": round(b["mean"] - r["mean"], 4), "two_se": round(float(noise), 4),
+                                    "beyond_noise": bool(b["mean"] - r["mean"] > noise)}  # fmt: skip
+    return results
+
+
+def print_confirm(name: str, res: dict) -> None:
+    w, d, best = res["whole_pool"], res["best_minus_random"], res["best_strategy"]
+    print(f"\n### {name}: the real student at {res['calls']} calls (whole pool: {w['accuracy']:.3f}, "
+          f"interval from {w['interval_low']:.3f})")  # fmt: skip
+    print("| strategy | accuracy (mean ± std over seeds) | within the whole pool's interval |")
+    print("|---|---|---|")
+    for s in (best, "random"):
+        print(
+            f"| {s} | {res[s]['mean']:.3f} ± {res[s]['std']:.3f} | {res[s]['within_whole_pool_interval']} |"
+        )
+    print(
+        f"{best} − random: {d['diff']:+.3f} (2se {d['two_se']:.3f})"
+        + (" beyond the noise" if d["beyond_noise"] else "")
+    )
 
 
 def print_task(name: str, out: dict) -> None:

@@ -224,3 +224,49 @@ def test_pseudo_labels_are_marked_and_kept_out_of_the_label_mass(tmp_path, tiny_
     assert summary["select"]["reviews"]["pseudo_labelled"] == 20
     counts = summary["counts"]["reviews/train"]
     assert counts["methods"]["pseudo_label"] == 20 and counts["mean_label_mass"] == pytest.approx(0.9)
+
+
+def test_the_nightly_student_chooses_the_new_rows_within_the_budget(trained_run, tmp_path):
+    """learner student: rows appended since the student's run are scored by that student; the
+    budget's least sure go to the teacher, the confident rest are pseudo labels, the old rows
+    come from the cache, and a rerun pays nothing."""
+    import shutil
+
+    import yaml
+
+    from distill.student.model import load_student
+    from distill.tasks import tasks_for
+    from tests.conftest import review
+
+    data = yaml.safe_load((trained_run.parent / "pipeline.yaml").read_text())
+    data["run_dir"] = str(tmp_path / "run")
+    reviews = data["tasks"][0]
+    train = tmp_path / "reviews-train.jsonl"
+    shutil.copy(reviews["data"]["train"], train)
+    rng = __import__("random").Random(7)
+    appended = [{"review": review(rng, i % 2 == 0), "score": None, "id": f"new-{i}"} for i in range(16)]
+    with train.open("a") as f:
+        f.writelines(json.dumps(r) + "\n" for r in appended)
+    reviews["data"]["train"] = str(train)
+    data["teach"]["select"] = {"strategy": "margin", "learner": "student", "student": str(trained_run),
+                               "budget": 5, "pseudo_label": {"min_confidence": 0.5}}  # fmt: skip
+    path = tmp_path / "pipeline.yaml"
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    cfg = load_pipeline(path)
+    record = teach(cfg)["select"]["reviews"]
+    assert (record["learner"], record["known"], record["new"]) == ("student", 32, 16)
+    assert (record["asked"], record["asked_new"], record["pseudo_labelled"], record["left"]) == (37, 5, 11, 0)
+    assert record["teacher_calls"] == 5  # the 32 known rows and the test split: cache hits
+    # the five taught are the new rows the student is least sure of (by margin)
+    student, tokenizer = load_student(trained_run / "train" / "student")
+    task = next(t for t in tasks_for(cfg) if t.name == "reviews")
+    new = [{"text": r["review"]} for r in appended]
+    margins = margin_scores(task.student_probs(student, tokenizer, new, 8))
+    want = {new[i]["text"] for i in top_rows(margins, np.arange(16), 5)}
+    rows = read_jsonl(output_path(cfg, "reviews", "train"))
+    taught_new = {
+        r["text"] for r in rows if r["id"].startswith("new-") and r["teacher_method"] != "pseudo_label"
+    }
+    assert taught_new == want
+    assert sum(r["teacher_method"] == "pseudo_label" for r in rows) == 11
+    assert teach(cfg)["select"]["reviews"]["teacher_calls"] == 0  # a rerun pays nothing

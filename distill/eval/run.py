@@ -165,6 +165,9 @@ def run(cfg: PipelineConfig) -> dict[str, Any]:
             )
     for name, note in ship_scored_decoding(cfg, student, student_dir).items():
         report["tasks"][name]["student_json_decoding"] = note
+    teach_manifest = cfg.path / "teach" / "manifest.json"
+    if teach_manifest.is_file():
+        report["teach_select"] = json.loads(teach_manifest.read_text()).get("select")
     report["warnings"] = baseline_warnings(report)
     for line in report["warnings"]:
         warn(line)

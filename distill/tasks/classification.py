@@ -16,15 +16,13 @@ from distill.core.data import Example, read_jsonl
 from distill.core.errors import ConfigError, DistillError
 from distill.core.losses import IGNORE_INDEX, distillation_loss
 from distill.core.tensors import length_mask, pad
-from distill.eval.metrics.cascade import cascade_section
+from distill.eval.metrics.cascade import cascade_inputs, cascade_section
 from distill.eval.metrics.classification import classification_metrics, macro_f1
 from distill.tasks.base import Task, TimedCalls
 from distill.teach.calibration import CONTENT_FREE_INPUTS, at_search_bound, calibrate, fit_temperature, nll
 from distill.teach.prompts import classification_prompt, few_shot_examples, template_version
+from distill.teach.select import PSEUDO_LABEL
 from distill.train.batches import TaskTensors
-
-PSEUDO_LABEL = "pseudo_label"
-"""``teacher_method`` of a row the teacher never saw, labelled by teach.select's learner."""
 
 
 @dataclass
@@ -365,18 +363,9 @@ class Classification(Task):
         defer = pipeline.serve.defer
         validation = self._cascade_inputs(pipeline, student, tokenizer)
         section["cascade"] = cascade_section(
-            validation, self._cascade_rows(rows, probs), resamples, defer.rate, defer.accuracy
+            validation, cascade_inputs(self.labels, rows, probs), resamples, defer.rate, defer.accuracy
         )
         return section, self._scores(probs.argmax(-1), rows)
-
-    def _cascade_rows(self, rows, probs) -> dict[str, np.ndarray]:
-        names = self.labels
-        return {
-            "confidence": probs.max(-1),
-            "student": probs.argmax(-1),
-            "teacher": np.array([names.index(r["teacher_label"]) for r in rows]),
-            "gold": np.array([names.index(r["label"]) if r["label"] is not None else -1 for r in rows]),
-        }
 
     def _cascade_inputs(self, pipeline, student, tokenizer) -> dict[str, np.ndarray] | None:
         """The taught validation rows' cascade inputs (where the thresholds are chosen), or None."""
@@ -388,9 +377,8 @@ class Classification(Task):
         rows = read_jsonl(path)
         if not rows:
             return None
-        return self._cascade_rows(
-            rows, self.student_probs(student, tokenizer, rows, pipeline.eval.batch_size)
-        )
+        probs = self.student_probs(student, tokenizer, rows, pipeline.eval.batch_size)
+        return cascade_inputs(self.labels, rows, probs)
 
     def _scores(self, predicted: np.ndarray, rows) -> dict[str, np.ndarray]:
         gold = np.array([self.labels.index(r["label"]) if r["label"] is not None else -1 for r in rows])

@@ -21,11 +21,20 @@ import torch
 
 from distill.core.assets import resolve_encoder
 from distill.core.config import PipelineConfig
-from distill.core.data import Example
+from distill.core.data import Example, read_jsonl
 from distill.core.errors import DistillError
+from distill.core.layout import resolve_student_dir
 from distill.core.tensors import length_mask, pad
 from distill.tasks import Task
-from distill.teach.select import Round, Selection, select
+from distill.teach.select import (
+    PSEUDO_LABEL,
+    Round,
+    Selection,
+    entropy_scores,
+    margin_scores,
+    select,
+    top_rows,
+)
 from distill.teach.teachers.cached import CachedTeacher
 
 
@@ -183,3 +192,105 @@ def teach_selected(
         "state": str(path),
     }
     return answers, fitted, asked, pseudo, record
+
+
+def _content(ex: dict[str, Any]) -> tuple[str, str | None]:
+    """A row's identity across runs: its text (and second text), not its position."""
+    return ex["text"], ex.get("text_pair")
+
+
+def teach_by_student(
+    task: Task,
+    cached: CachedTeacher,
+    cfg: PipelineConfig,
+    examples: dict[str, list[Example]],
+    shots: list[Example],
+    student_dir: Path,
+) -> tuple[dict[str, list[Any]], dict[str, Any] | None, list[Example], list[dict[str, Any]], dict[str, Any]]:
+    """The nightly loop (learner student): what ``teach_selected`` returns, with the pool rows
+    chosen by a trained student. Rows its own run was taught ("known") are asked again (the cache
+    holds them); of the new rows, the ``budget`` the student is least sure of (strategy margin,
+    entropy, or random) go to the teacher, and with ``pseudo_label`` the student's confident
+    rest become pseudo labels."""
+    from distill.student.model import load_student
+
+    sel_cfg = cfg.teach.select
+    pool = examples["train"]
+    others = {split: rows for split, rows in examples.items() if split != "train"}
+    student, tokenizer = load_student(student_dir)
+    entry = student.spec.tasks.get(task.name)
+    if entry is None or entry.get("labels") != task.labels:
+        raise DistillError(
+            f"teach.select.learner student: {student_dir} has no task {task.name!r} with labels {task.labels}"
+        )
+    taught_path = output_path_of(student_dir, task.name)
+    known_rows = read_jsonl(taught_path) if taught_path.is_file() else []
+    known_keys = {_content(r) for r in known_rows if r.get("teacher_method") != PSEUDO_LABEL}
+    known = [ex for ex in pool if _content(ex) in known_keys]
+    new = [ex for ex in pool if _content(ex) not in known_keys]
+    probs = task.student_probs(student, tokenizer, new, cfg.eval.batch_size) if new else np.zeros((0, 1))
+    k = len(new) if sel_cfg.budget is None else min(sel_cfg.budget, len(new))
+    if sel_cfg.strategy == "random":
+        scores = np.random.default_rng(sel_cfg.seed).permutation(len(new)).astype(float)
+    else:
+        scores = (
+            (margin_scores if sel_cfg.strategy == "margin" else entropy_scores)(probs) if new else np.zeros(0)
+        )
+    chosen = sorted(int(i) for i in top_rows(scores, np.arange(len(new)), k)) if new else []
+    asked = known + [new[i] for i in chosen]
+    calls_before = cached.calls
+    answers, fitted = task.teach(cached, cfg, {**others, "train": asked}, shots)
+    pseudo: list[dict[str, Any]] = []
+    if sel_cfg.pseudo_label:
+        rest = sorted(set(range(len(new))) - set(chosen))
+        keep = [i for i in rest if probs[i].max() >= sel_cfg.pseudo_label.min_confidence]
+        pseudo = task.pseudo_rows([new[i] for i in keep], probs[keep]) if keep else []
+    record = {
+        "strategy": sel_cfg.strategy,
+        "learner": "student",
+        "student": str(student_dir),
+        "pool": len(pool),
+        "budget": sel_cfg.budget,
+        "known": len(known),
+        "new": len(new),
+        "asked": len(asked),
+        "asked_new": len(chosen),
+        "pseudo_labelled": len(pseudo),
+        "left": len(new) - len(chosen) - len(pseudo),
+        "teacher_calls": cached.calls - calls_before,
+        "scores": {
+            "chosen_mean": round(float(scores[chosen].mean()), 4) if chosen else None,
+            "new_mean": round(float(scores.mean()), 4) if new else None,
+        },  # fmt: skip
+    }
+    return answers, fitted, asked, pseudo, record
+
+
+def output_path_of(student_dir: Path, task: str) -> Path:
+    """The train rows the run holding ``student_dir`` (``<run>/train/student``) was taught."""
+    return Path(student_dir).resolve().parent.parent / "teach" / task / "train.jsonl"
+
+
+def teach_pool(
+    task: Task,
+    cached: CachedTeacher,
+    cfg: PipelineConfig,
+    examples: dict[str, list[Example]],
+    shots: list[Example],
+) -> tuple[dict[str, list[Any]], dict[str, Any] | None, list[Example], list[dict[str, Any]], dict[str, Any]]:
+    """teach.select's entry: the student's nightly choice when there is a student to choose,
+    else the proxy's rounds (recorded as such)."""
+    sel_cfg = cfg.teach.select
+    if sel_cfg.learner == "student":
+        student_dir = None
+        if sel_cfg.student:
+            try:
+                student_dir = resolve_student_dir(sel_cfg.student)
+            except DistillError:
+                student_dir = None  # the first night: nothing trained yet
+        if student_dir is not None:
+            return teach_by_student(task, cached, cfg, examples, shots, student_dir)
+        out = teach_selected(task, cached, cfg, examples, shots)
+        out[-1]["learner"] = "proxy (no student yet)"
+        return out
+    return teach_selected(task, cached, cfg, examples, shots)

@@ -13,12 +13,16 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
+
 from distill.core.config import PipelineConfig, TaskConfig
 from distill.core.data import Example, read_jsonl, source_fingerprint, write_jsonl
 from distill.core.layout import cache_path, failures_path, output_path
 from distill.core.manifest import Timer, write_manifest
+from distill.eval.metrics.classification import per_class
 from distill.tasks import Task, task_for, tasks_for
-from distill.teach.active import teach_selected
+from distill.teach.active import teach_pool
+from distill.teach.audit import least_sure
 from distill.teach.cache import AnswerCache
 from distill.teach.teachers import load_teacher
 from distill.teach.teachers.base import Teacher
@@ -29,6 +33,25 @@ def task_shots(cfg: PipelineConfig, task: TaskConfig, pool: list[Example] | None
     """The demonstrations teach shows in every prompt of ``task``; any stage rebuilds the exact
     prompts with them."""
     return task_for(task).shots(cfg, pool)
+
+
+def audit(cfg: PipelineConfig, task: Task, written: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
+    """``teach/<task>/audit.jsonl``: the ``teach.audit_rows`` rows the teacher was least sure of;
+    and, where the validation split has gold, the teacher's per-class precision and recall there
+    with the classes it gets right less often than the majority-class rate."""
+    path = cfg.path / "teach" / task.name / "audit.jsonl"
+    path.unlink(missing_ok=True)
+    if cfg.teach.audit_rows:
+        write_jsonl(path, least_sure(written, cfg.teach.audit_rows))
+    record: dict[str, Any] = {"least_sure": str(path) if cfg.teach.audit_rows else None, "validation": None}
+    rows = [r for r in written.get("validation", []) if r["label"] is not None]
+    if rows:
+        names = task.labels
+        gold = np.array([names.index(r["label"]) for r in rows])
+        pred = np.array([names.index(r["teacher_label"]) for r in rows])
+        majority = float(np.bincount(gold, minlength=len(names)).max() / len(gold))
+        record["validation"] = {"rows": len(rows), **per_class(names, pred, gold, round(majority, 4))}
+    return record
 
 
 def run(cfg: PipelineConfig, teacher: Teacher | None = None) -> dict[str, Any]:
@@ -45,13 +68,15 @@ def run(cfg: PipelineConfig, teacher: Teacher | None = None) -> dict[str, Any]:
     calibration: dict[str, Any] = {}
     failures: list[dict[str, Any]] = []
     selected: dict[str, Any] = {}
+    audits: dict[str, Any] = {}
     try:
         for task in tasks:
             pseudo: list[dict[str, Any]] = []
+            written: dict[str, list[dict[str, Any]]] = {}
             with timer.section(task.name):
                 examples = {split: data[task.name, split] for split in task.taught_splits(cfg)}
                 if cfg.teach.select.active and task.selectable and "train" in examples:
-                    answers, fitted, examples["train"], pseudo, selected[task.name] = teach_selected(
+                    answers, fitted, examples["train"], pseudo, selected[task.name] = teach_pool(
                         task, cached, cfg, examples, shots[task.name]
                     )
                 else:
@@ -75,6 +100,9 @@ def run(cfg: PipelineConfig, teacher: Teacher | None = None) -> dict[str, Any]:
                     rows += pseudo  # marked teacher_method: pseudo_label
                 write_jsonl(path, rows)
                 counts[f"{task.name}/{split}"] = task.split_counts(rows)
+                written[split] = rows
+            if task.selectable and written:
+                audits[task.name] = audit(cfg, task, written)
     finally:
         cache.close()
     if failures:
@@ -106,6 +134,7 @@ def run(cfg: PipelineConfig, teacher: Teacher | None = None) -> dict[str, Any]:
             "stored": cached.stored,
         },
         "select": selected or None,
+        "audit": audits,
         "inputs": {k: {"source": v, "sha256": source_fingerprint(v)} for k, v in sources.items()},
     }
     write_manifest(cfg.path / "teach", "teach", cfg, timer, **summary)

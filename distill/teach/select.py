@@ -27,6 +27,9 @@ import torch
 
 _EPS = 1e-12
 
+PSEUDO_LABEL = "pseudo_label"
+"""``teacher_method`` of a row the teacher never saw, labelled by the selection's learner."""
+
 
 def margin_scores(probs: np.ndarray) -> np.ndarray:
     """(n, k) → (n,): 1 − (top probability − second)."""

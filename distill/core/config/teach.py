@@ -96,14 +96,21 @@ class SelectConfig:
     budget: int | None = None
     """Most pool rows of one task the teacher is asked about (seed rows included); None: the
     whole pool. Rows the cache already holds count too, so the selection does not depend on
-    what an earlier run paid for."""
+    what an earlier run paid for. With learner student: the most *new* rows (those the
+    student's run was not taught) asked per run: the night's budget."""
     max_cost: float | None = None
     """API teachers: stop a task's rounds before its estimated cost (``cost_usd``, needs the
     backend's prices) would pass this."""
-    learner: Literal["proxy"] = "proxy"
+    learner: Literal["proxy", "student"] = "proxy"
     """proxy: softmax regression on the frozen student encoder's mean-pooled embeddings, fitted
     on the teacher's (calibrated) distributions each round in about a second (selection via
-    proxy, Coleman et al. 2020)."""
+    proxy, Coleman et al. 2020). student: the nightly loop: a trained student (``student``; in
+    ``distill run``, the promoted one) scores the pool rows its own run was not taught, in one
+    round, and the teacher is asked about the ``budget`` least sure of them; the rows that run was
+    taught are asked again through the cache (free). Without a student yet: proxy."""
+    student: str | None = None
+    """learner student: a student folder or a run folder (``distill run`` sets it to the
+    pipeline's run_dir, whose promoted student, else latest, is used)."""
     committee: int = 5
     """Members of the committee (strategy committee)."""
     l2: float = 0.3
@@ -126,6 +133,10 @@ class SelectConfig:
             raise ConfigError("teach.select.max_cost: must be > 0")
         if self.l2 < 0:
             raise ConfigError("teach.select.l2: must be >= 0")
+        if self.learner == "student" and self.strategy == "committee":
+            raise ConfigError(
+                "teach.select.strategy: committee needs learner proxy (one student is no committee)"
+            )
 
     @property
     def active(self) -> bool:
@@ -146,9 +157,14 @@ class TeachConfig:
     cache: str | None = None
     """SQLite answer cache; default $DISTILL_CACHE or ~/.cache/distill/teacher.sqlite."""
     calibration: CalibrationConfig = field(default_factory=CalibrationConfig)
+    audit_rows: int = 50
+    """Classification: the rows the calibrated teacher was least sure of, per task, written to
+    ``teach/<task>/audit.jsonl`` for a person to look at (0: none)."""
     select: SelectConfig = field(default_factory=SelectConfig)
 
     def __post_init__(self) -> None:
+        if self.audit_rows < 0:
+            raise ConfigError("teach.audit_rows: must be >= 0")
         for split in self.splits:
             if split not in SPLITS:
                 raise ConfigError(f"teach.splits: unknown split {split!r}")

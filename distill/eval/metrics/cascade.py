@@ -17,6 +17,17 @@ RATES = (0.0, 0.05, 0.1, 0.2, 0.5)
 """The deferral rates the report's cascade table shows."""
 
 
+def cascade_inputs(names: list[str], rows: list[dict[str, Any]], probs: np.ndarray) -> dict[str, np.ndarray]:
+    """Teach rows of a classification split and the student's (n, labels) ``probs`` on them → the
+    cascade's inputs: student confidence and prediction, teacher prediction, gold (−1: none)."""
+    return {
+        "confidence": probs.max(-1),
+        "student": probs.argmax(-1),
+        "teacher": np.array([names.index(r["teacher_label"]) for r in rows]),
+        "gold": np.array([names.index(r["label"]) if r["label"] is not None else -1 for r in rows]),
+    }
+
+
 def threshold_for_rate(confidence: np.ndarray, rate: float) -> float:
     """The confidence below which a ``rate`` share of ``confidence`` (validation rows) falls:
     deferring ``confidence < threshold`` defers round(rate·n) rows (fewer on ties). 0 defers

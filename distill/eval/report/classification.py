@@ -95,3 +95,16 @@ def cascade_notes(cls: dict[str, Any]) -> list[str]:
                 "(teach.select's learner, not the teacher)."
             )
     return notes
+
+
+def select_table(select: dict[str, Any] | None) -> Table:
+    """teach.select: per task, which pool rows the teacher labelled, which the learner did, and
+    which were left out of training."""
+    rows = []
+    for name, r in (select or {}).items():
+        new = f"{r['asked_new']} of {r['new']} new" if "new" in r else ""
+        rows.append([name, f"{r['strategy']} / {r['learner']}", str(r["pool"]), str(r["asked"]), new,
+                     str(r["pseudo_labelled"]), str(r["left"]), str(r["teacher_calls"])])  # fmt: skip
+    header = ["task", "selection / learner", "pool", "taught", "new rows taught", "pseudo-labelled", "left",
+              "teacher calls"]  # fmt: skip
+    return Table(header, rows)

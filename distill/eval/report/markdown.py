@@ -15,6 +15,7 @@ from distill.eval.report.classification import (
     cascade_table,
     classification_table,
     label_mass_table,
+    select_table,
     teacher_class_table,
 )
 from distill.eval.report.figures import classification_figures, speed_figure, training_figures
@@ -228,6 +229,10 @@ def markdown(report: dict[str, Any]) -> str:
     cls = classification_tasks(report)
     if cls:
         lines += _classification_lines(cls)
+    selected = select_table(report.get("teach_select"))
+    if selected.rows:
+        lines += ["Active teaching (teach.select): the train rows the teacher labelled.", "",
+                  *_markdown_table(selected), ""]  # fmt: skip
     summ = summary_tasks(report)
     if summ:
         lines += _summary_lines(summ)
@@ -354,6 +359,9 @@ def html(report: dict[str, Any], train_log: list[dict[str, Any]] | None = None) 
     parts += _paragraphs([intro_note(report)])
     cls, summ = classification_tasks(report), summary_tasks(report)
     parts += _classification_html(cls) if cls else []
+    selected = select_table(report.get("teach_select"))
+    if selected.rows:
+        parts += ["<h3>Active teaching (teach.select)</h3>", html_table(selected)]
     parts += _summary_html(summ) if summ else []
     if train_log:
         parts += ["<h2>Training</h2>", *training_figures(list(report["tasks"]), train_log)]

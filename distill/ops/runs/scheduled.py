@@ -39,6 +39,19 @@ from distill.ops.runs.records import (
     write_json_atomic,
 )
 
+SELECT_COUNTS = (
+    "learner",
+    "strategy",
+    "pool",
+    "known",
+    "new",
+    "asked",
+    "asked_new",
+    "pseudo_labelled",
+    "left",
+)
+"""What run.json keeps of teach.select's record per task."""
+
 
 def say(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
@@ -160,6 +173,9 @@ class ScheduledRun:
         """Whether the teacher answered every item (a failed one leaves its split unwritten)."""
         from distill.teach import run as teach
 
+        select = self.cfg.teach.select
+        if select.active and select.learner == "student" and select.student is None:
+            select.student = str(self.root)  # the promoted student (else latest) chooses tonight's rows
         with self.timed("teach"):
             summary = teach.run(self.cfg)
         usage = summary["teacher"]["usage"] or {}
@@ -167,6 +183,10 @@ class ScheduledRun:
             "teacher_calls": summary["cache"]["teacher_calls"],
             "cache_hits": summary["cache"]["hits"],
             "cost_usd": usage.get("cost_usd"),
+            "select": {
+                task: {k: v for k, v in r.items() if k in SELECT_COUNTS}
+                for task, r in (summary["select"] or {}).items()
+            },
         }
         for line in teach_report(self.cfg, summary):
             say(line)
