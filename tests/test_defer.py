@@ -175,3 +175,34 @@ def test_serve_defer_refuses_a_student_without_a_stored_threshold(defer_setup):
     (run / "train" / "student" / DEFER_FILE).unlink()
     with pytest.raises(DistillError, match=r"defer.json not found: `distill eval` chooses"):
         LiveServer(run / "train" / "student", defer=load_pipeline(path))
+
+
+def test_the_cli_serves_with_defer_and_says_below_what(defer_setup):
+    import http.client
+    import re
+    import signal
+
+    path, run, *_ = defer_setup
+    cmd = [sys.executable, "-m", "distill.cli", "serve", str(run), "--port", "0", "--defer", str(path),
+           "--set", "serve.defer.timeout_s=7"]  # fmt: skip
+    proc = subprocess.Popen(
+        cmd, stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": str(REPO)}
+    )
+    try:
+        port, said = None, []
+        for line in proc.stderr:
+            said.append(line)
+            if found := re.search(r"http://127\.0\.0\.1:(\d+)", line):
+                port = int(found.group(1))
+                break
+        assert port, "".join(said)[-2000:]
+        assert any("deferring to loopback below" in line for line in said)
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+        conn.request("GET", "/health")
+        health = json.loads(conn.getresponse().read())
+        stored = json.loads((run / "train" / "student" / DEFER_FILE).read_text())["reviews"]["threshold"]
+        assert health["defer"]["reviews"]["threshold"] == pytest.approx(stored)
+    finally:
+        proc.send_signal(signal.SIGINT)
+        proc.wait(timeout=20)
+    assert proc.returncode == 0

@@ -20,6 +20,7 @@ import json
 import threading
 from collections import defaultdict
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -102,7 +103,10 @@ class Deferral:
         from distill.teach.teachers import load_teacher
         from distill.teach.teachers.cached import CachedTeacher
 
-        teacher = load_teacher(self.cfg.teach.teacher, self.cfg.path)
+        teacher_cfg = self.cfg.teach.teacher
+        if getattr(teacher_cfg.options, "mode", None) == "batch":  # a request cannot wait for a batch job
+            teacher_cfg = replace(teacher_cfg, options=replace(teacher_cfg.options, mode="online"))
+        teacher = load_teacher(teacher_cfg, self.cfg.path / "teach")
         return CachedTeacher(
             teacher, AnswerCache(cache_path(self.cfg)), self.cfg.teach.teacher.min_label_mass
         )
