@@ -10,6 +10,7 @@ from typing import Any
 from distill.core.config import PipelineConfig, deepspeed_zero_stage, read_pipeline
 from distill.core.config.loader import build
 from distill.core.errors import ConfigError
+from distill.student.sharing import sharing_class
 from distill.student.summarizers import summarizer_class
 from distill.tasks import kind_class, task_for
 from distill.teach.teachers import backend_class
@@ -20,6 +21,7 @@ PLUGINS = {
     "weighting": weighting_class,
     "teacher": backend_class,
     "summarizer": summarizer_class,
+    "sharing": sharing_class,
 }
 """The registries whose plugins' options the loader reads from their sections."""
 
@@ -48,8 +50,14 @@ def check(cfg: PipelineConfig) -> None:
     backend = backend_class(cfg.teach.teacher.backend)
     backend.check_config(cfg.teach.teacher)
     cfg.teacher_vocabulary = backend.vocabulary(cfg.teach.teacher)
-    summarizer_class(cfg.train.student.summarizer).check_pipeline(cfg)
+    writes = any(task_for(t).generates_text for t in cfg.tasks)
+    summarizer_class(cfg.train.student.summarizer).check_pipeline(cfg, writes)
     _check_weighting(cfg)
+    sharing_class(cfg.train.student.sharing.method).check_pipeline(
+        cfg,
+        deepspeed_zero_stage(cfg.train.deepspeed),
+        weighting_class(cfg.train.weighting.method).needs_gradients,
+    )
 
 
 def _check_weighting(cfg: PipelineConfig) -> None:

@@ -126,6 +126,7 @@ def pipeline_dict(root: Path, encoder: str, teacher: str, **train_overrides) -> 
             "max_length": 32,
             "max_document_length": 64,
             "max_summary_length": 12,
+            "summarizer": "bert2bert",  # tiny and self-contained (the default reads a local LM)
         },
         "deepspeed": str(REPO / "pipelines" / "deepspeed" / "zero0_fp32.json"),
         "epochs": 2,

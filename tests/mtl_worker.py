@@ -32,7 +32,7 @@ def tasks():
 
 def build(encoder: str, method: str, seed: int = 0):
     torch.manual_seed(seed)
-    student, _ = build_student(StudentConfig(encoder=encoder, dropout=0.0), tasks())
+    student, _ = build_student(StudentConfig(encoder=encoder, dropout=0.0, summarizer="bert2bert"), tasks())
     student.eval()  # no dropout: both computations see the same function
     weighting = build_weighting(method, ["left", "right"], {}, seed)
     return student, weighting

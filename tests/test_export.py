@@ -144,11 +144,18 @@ def _save(student, tokenizer, folder: Path) -> Path:
 
 
 def test_shared_private_classifiers_are_exact_and_its_bert2bert_summarizer_refused(tiny_encoder, tmp_path):
-    from distill.core.config import StudentConfig
+    from distill.core.config import SharingConfig, StudentConfig
     from distill.student.model import build_student
 
     torch.manual_seed(0)
-    cfg = StudentConfig(encoder=tiny_encoder, sharing="shared_private", private_feedforward=48, max_length=16)
+    cfg = StudentConfig(
+        encoder=tiny_encoder,
+        summarizer="bert2bert",
+        sharing=section(
+            SharingConfig, {"method": "shared_private", "private_init": "random", "private_feedforward": 48}
+        ),
+        max_length=16,
+    )
     tasks = [
         _task("reviews", "classification"),
         _task("pairs", "sentence_pair"),
@@ -158,7 +165,9 @@ def test_shared_private_classifiers_are_exact_and_its_bert2bert_summarizer_refus
     for p in student.heads.parameters():  # heads far from zero, so the private half matters
         torch.nn.init.normal_(p, std=1.0)
     folder = _save(student, tokenizer, tmp_path / "student")
-    with pytest.raises(DistillError, match="papers: a BERT2BERT summarizer under sharing 'shared_private'"):
+    with pytest.raises(
+        DistillError, match="papers: a BERT2BERT summarizer under sharing 'shared_private' reads its task"
+    ):
         export(folder, tmp_path / "out")
     rows = [{**r, "text_pair": r["teacher_summary"]} for r in _rows(6)]  # pairs past max_length 16
     record = export(
@@ -173,7 +182,7 @@ def test_shared_private_classifiers_are_exact_and_its_bert2bert_summarizer_refus
         theirs = exported_probs(tmp_path / "out" / name, rows, ["great", "other"], pairs=name == "pairs")
         np.testing.assert_allclose(theirs, ours, atol=1e-5)
         # Without the private encoder the numbers would differ: the export really carries it.
-        student.private[name].norm.bias.data += 1.0
+        student.sharing.private[name].norm.bias.data += 1.0
         assert np.abs(task.student_probs(student, tokenizer, rows, 8) - theirs).max() > 1e-3
 
 

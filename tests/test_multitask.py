@@ -161,7 +161,8 @@ def test_sampling_weighting_and_adversarial_sharing_train_and_resume(tmp_path, t
     assert [r["loss"] for r in again] == pytest.approx([r["loss"] for r in log], rel=1e-4)
     # The saved student carries its private encoders and discriminator and loads alone.
     weights = load_file(str(tmp_path / "run/train/student/model.safetensors"))
-    assert any(k.startswith("private.reviews.") for k in weights) and "discriminator.weight" in weights
+    assert any(k.startswith("sharing.private.reviews.") for k in weights)
+    assert "sharing.discriminator.weight" in weights
     assert not any(k.startswith("weighting.") for k in weights)
     distill("eval", pipeline)
 

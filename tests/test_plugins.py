@@ -131,7 +131,8 @@ def test_a_new_teacher_backend_is_one_file_and_one_line(tmp_path, monkeypatch):
 
 
 def test_a_summarizer_owns_its_options(tmp_path):
-    """teacher_layers' keys exist only when it is the summarizer; bert2bert has none."""
+    """teacher_layers' keys (it is the default summarizer) exist only when it is the summarizer;
+    bert2bert has none."""
     from distill.student.summarizers.teacher_layers.options import TeacherLayersOptions
 
     student = {"summarizer": "teacher_layers", "decoder_layers": 3, "layer_choice": "uniform"}
@@ -147,7 +148,7 @@ def test_a_summarizer_owns_its_options(tmp_path):
     with pytest.raises(
         ConfigError, match=r"train\.student\.decoder_layers: unknown key \(known: encoder, .*\)$"
     ):
-        load_pipeline(pipeline(tmp_path, train={"student": {"decoder_layers": 3}}))  # bert2bert
+        load_pipeline(pipeline(tmp_path, train={"student": {"summarizer": "bert2bert", "decoder_layers": 3}}))
     with pytest.raises(ConfigError, match=r"train\.student\.decoder_layers: must be >= 2"):
         load_pipeline(pipeline(tmp_path, train={"student": {**student, "decoder_layers": 1}}))
 

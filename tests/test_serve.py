@@ -453,7 +453,9 @@ def test_sentence_pairs_are_served_with_segments(tmp_path, tiny_encoder):
     cfg = task_config(
         name="para", kind="sentence_pair", text_pair_field="b", labels={"same": "yes", "different": "no"}
     )
-    student, tokenizer = build_student(StudentConfig(encoder=tiny_encoder, max_length=32), [task_for(cfg)])
+    student, tokenizer = build_student(
+        StudentConfig(encoder=tiny_encoder, summarizer="bert2bert", max_length=32), [task_for(cfg)]
+    )
     save_student(student.state_dict(), student.spec, tokenizer, tmp_path / "student")
     assert list(served_tasks(student.spec)) == ["para"]
     firsts, seconds = ["the box arrived", "tasty coffee"], ["it was stale", "tasty coffee"]

@@ -25,14 +25,14 @@ TASKS = [task_for(t) for t in TASK_CONFIGS]
 
 
 def test_student_shares_one_encoder(tiny_encoder):
-    student, _ = build_student(StudentConfig(encoder=tiny_encoder), TASKS)
+    student, _ = build_student(StudentConfig(encoder=tiny_encoder, summarizer="bert2bert"), TASKS)
     assert student.encoder is student.backbone.encoder
     assert student.backbone.decoder.config.add_cross_attention
     assert set(student.heads) == {"reviews"}
 
 
 def test_save_load_round_trip_is_self_contained(tiny_encoder, tmp_path):
-    student, tokenizer = build_student(StudentConfig(encoder=tiny_encoder), TASKS)
+    student, tokenizer = build_student(StudentConfig(encoder=tiny_encoder, summarizer="bert2bert"), TASKS)
     student.eval()
     folder = tmp_path / "student"
     save_student(student.state_dict(), student.spec, tokenizer, folder)
@@ -59,7 +59,7 @@ def test_save_load_round_trip_is_self_contained(tiny_encoder, tmp_path):
 
 
 def test_corrupt_student_folder_is_named(tiny_encoder, tmp_path):
-    student, tokenizer = build_student(StudentConfig(encoder=tiny_encoder), TASKS)
+    student, tokenizer = build_student(StudentConfig(encoder=tiny_encoder, summarizer="bert2bert"), TASKS)
     folder = tmp_path / "student"
     save_student(student.state_dict(), student.spec, tokenizer, folder)
     (folder / "model.safetensors").write_bytes(b"\0" * 64)
@@ -102,7 +102,7 @@ def test_summary_tokens_fall_back_to_bos_and_eos(bert_tokenizer):
 
 
 def test_weight_decay_skips_biases_and_layer_norms(tiny_encoder):
-    student, _ = build_student(StudentConfig(encoder=tiny_encoder), TASKS)
+    student, _ = build_student(StudentConfig(encoder=tiny_encoder, summarizer="bert2bert"), TASKS)
     groups = decay_groups(student)
     no_decay, decay = set(groups["no_decay"]), set(groups["decay"])
     assert "heads.reviews.1.bias" in no_decay and "heads.reviews.1.weight" in decay
@@ -119,7 +119,7 @@ def test_weight_decay_skips_biases_and_layer_norms(tiny_encoder):
 
 
 def test_student_folder_without_training_record_still_loads(tiny_encoder, tmp_path):
-    student, tokenizer = build_student(StudentConfig(encoder=tiny_encoder), TASKS[:1])
+    student, tokenizer = build_student(StudentConfig(encoder=tiny_encoder, summarizer="bert2bert"), TASKS[:1])
     folder = tmp_path / "student"
     save_student(student.state_dict(), student.spec, tokenizer, folder)
     spec = json.loads((folder / "student.json").read_text())

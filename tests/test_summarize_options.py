@@ -105,6 +105,7 @@ def test_bert2bert_with_denoising_warmup(tmp_path, tiny_encoder, tiny_teacher, m
         tiny_teacher,
         student={
             "encoder": tiny_encoder,
+            "summarizer": "bert2bert",
             "max_length": 32,
             "max_document_length": 48,
             "max_summary_length": 12,
@@ -163,6 +164,6 @@ def test_warmup_without_long_enough_text_is_an_error(tiny_encoder):
     from distill.tasks import task_for
 
     task = task_for(task_config(name="papers", kind="summarization"))
-    cfg = StudentConfig(encoder=tiny_encoder, warmup=WarmupConfig(steps=2, length=64))
+    cfg = StudentConfig(encoder=tiny_encoder, summarizer="bert2bert", warmup=WarmupConfig(steps=2, length=64))
     with pytest.raises(DistillError, match="warmup.length"):
         build_student(cfg, [task], None, ["too short"])

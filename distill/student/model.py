@@ -1,6 +1,6 @@
 """The student: one shared pretrained encoder, a head per classification task, and a
-summarization decoder that cross-attends to the same encoder; with shared-private or
-adversarial sharing, a small private encoder per task beside it (distill/student/sharing.py).
+summarization decoder that reads the same encoder; how tasks share the encoder (private
+encoders, per-task copies or branches) is its sharing mode (distill/student/sharing/).
 
 A saved student is a self-contained folder (student.json, model.safetensors, tokenizer
 files) that ``load_student`` rebuilds with nothing else: no hub, no original encoder.
@@ -20,13 +20,7 @@ from distill.core.assets import resolve_encoder
 from distill.core.config import StudentConfig
 from distill.core.errors import DistillError
 from distill.core.layout import SPEC_FILE, WEIGHTS_FILE
-from distill.student.sharing import (
-    PrivateEncoder,
-    adversarial_task_loss,
-    gradient_reversal,
-    mean_pool,
-    orthogonality_penalty,
-)
+from distill.student.sharing import Features, encoder_inputs, sharing_class
 from distill.student.summarizers import WITHOUT_DECODER, summarizer_class
 from distill.student.summarizers.base import Summarizer
 
@@ -46,12 +40,9 @@ class StudentSpec:
     dropout: float
     encoder_source: str
     sharing: str = "hard"
-    """hard | shared_private | adversarial (distill/student/sharing.py)."""
-    private_feedforward: int = 512
-    """Width of each private encoder's feed-forward layer."""
-    adversarial_weight: float = 0.05
-    orthogonality_weight: float = 0.01
-    """λ_adv and γ of the adversarial sharing losses (Liu, Qiu & Huang 2017)."""
+    """A key of distill/student/sharing's SHARINGS (hard, shared_private, adversarial, soft, branch)."""
+    sharing_options: dict[str, Any] | None = None
+    """The sharing mode's options, as its ``Options`` fields; None: its defaults."""
     summarizer: str = WITHOUT_DECODER.name
     """A key of distill/student/summarizers' SUMMARIZERS (bert2bert, teacher_layers)."""
     decoder_source: str | None = None
@@ -83,13 +74,18 @@ class StudentSpec:
         return summarizer_class(self.summarizer)
 
     @property
-    def private(self) -> bool:
-        return self.sharing in ("shared_private", "adversarial")
+    def sharing_class(self) -> Any:
+        return sharing_class(self.sharing)
+
+    def sharing_module(self, encoder: nn.Module) -> Any:
+        """The sharing mode's module over ``encoder`` (its options from the spec)."""
+        cls = sharing_class(self.sharing)
+        return cls(cls.Options(**(self.sharing_options or {})), encoder, list(self.tasks), self.dropout)
 
 
 class Student(nn.Module):
-    """forward(task, **batch) → {"logits": …} plus, under adversarial sharing, the auxiliary
-    losses "adversarial" and "orthogonality" (already weighted by λ_adv and γ)."""
+    """forward(task, **batch) → {"logits": …} plus the sharing mode's auxiliary losses
+    (adversarial sharing: "adversarial" and "orthogonality"; soft: "tie"), already weighted."""
 
     def __init__(
         self, spec: StudentSpec, backbone: nn.Module, summarizer: nn.Module | None = None, codec: Any = None
@@ -102,41 +98,34 @@ class Student(nn.Module):
         self.summarizer = summarizer
         self.codec = codec
         self.warmup_record: dict[str, Any] | None = None
-        config = self.encoder.config
-        hidden = config.hidden_size
-        width = 2 * hidden if spec.private else hidden  # a head reads [shared; private]
+        self.sharing = spec.sharing_module(self.encoder)
+        width = self.sharing.head_width(self.encoder.config.hidden_size)
         self.heads = nn.ModuleDict(
             {
                 name: nn.Sequential(nn.Dropout(spec.dropout), nn.Linear(width, len(labels)))
                 for name, labels in spec.head_labels.items()
             }
         )
-        if spec.private:
-            heads = config.num_attention_heads
-            self.private = nn.ModuleDict(
-                {
-                    name: PrivateEncoder(hidden, heads, spec.private_feedforward, spec.dropout)
-                    for name in spec.tasks
-                }
-            )
-        if spec.sharing == "adversarial":
-            self.discriminator = nn.Linear(hidden, len(spec.tasks))
-        self._task_index = {name: i for i, name in enumerate(spec.tasks)}
 
     @property
     def encoder(self) -> nn.Module:
         return self.spec.summarizer_class.encoder(self)
 
+    def set_progress(self, progress: float) -> None:
+        """Share of training done, in [0, 1] (what a sharing mode's ramp reads)."""
+        self.sharing.progress = progress
+
     def shared_parameters(self) -> list[nn.Parameter]:
-        """Parameters every task reaches: the shared encoder's."""
-        return [p for p in self.encoder.parameters() if p.requires_grad]
+        """Parameters every task reaches (the shared encoder's, under hard sharing)."""
+        return self.sharing.shared_parameters(self.encoder)
 
     def last_shared_parameters(self) -> list[nn.Parameter]:
-        """The shared encoder's last layer (GradNorm's W); all shared parameters if it has no
-        numbered layers."""
-        last = getattr(self.encoder.config, "num_hidden_layers", 0) - 1
-        named = [(n, p) for n, p in self.encoder.named_parameters() if p.requires_grad]
-        chosen = [p for n, p in named if f"layer.{last}." in n]
+        """The last encoder layer every task reaches (GradNorm's W); all shared parameters if it
+        has no numbered layers."""
+        last = self.sharing.last_shared_layer(self.encoder)
+        shared = {id(p) for p in self.shared_parameters()}
+        named = [(n, p) for n, p in self.encoder.named_parameters() if id(p) in shared]
+        chosen = [p for n, p in named if last >= 0 and f"layer.{last}." in n]
         return chosen or [p for _, p in named]
 
     def features(
@@ -145,37 +134,19 @@ class Student(nn.Module):
         input_ids: torch.Tensor,
         attention_mask: torch.Tensor,
         token_type_ids: torch.Tensor | None,
-    ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Shared states and (sharing permitting) this task's private states, (batch, seq, hidden)."""
-        extra = {} if token_type_ids is None else {"token_type_ids": token_type_ids}
-        shared = self.encoder(input_ids=input_ids, attention_mask=attention_mask, **extra).last_hidden_state
-        if not self.spec.private:
-            return shared, None
-        embedded = self.encoder.embeddings(input_ids=input_ids, **extra)
-        return shared, self.private[task](embedded, attention_mask)
+    ) -> Features:
+        """This task's encoder states and (sharing permitting) private states, (batch, seq, hidden)."""
+        inputs = encoder_inputs(input_ids, attention_mask, token_type_ids)
+        return self.sharing.features(self.encoder, task, inputs)
 
-    def aux_losses(
-        self, task: str, shared: torch.Tensor, private: torch.Tensor | None, mask: torch.Tensor
-    ) -> dict[str, torch.Tensor]:
-        """The adversarial sharing losses of one batch (none under other sharing modes)."""
-        if self.spec.sharing != "adversarial":
-            return {}
-        assert private is not None
-        pooled_shared, pooled_private = mean_pool(shared, mask), mean_pool(private, mask)
-        judged = self.discriminator(gradient_reversal(pooled_shared))  # (batch, tasks)
-        return {
-            "adversarial": self.spec.adversarial_weight
-            * adversarial_task_loss(judged, self._task_index[task]),
-            "orthogonality": self.spec.orthogonality_weight
-            * orthogonality_penalty(pooled_shared, pooled_private),
-        }
+    def aux_losses(self, task: str, features: Features, mask: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The sharing mode's auxiliary losses of one batch (none under hard sharing)."""
+        return self.sharing.aux_losses(task, features, mask)
 
     def _classify(self, task, input_ids, attention_mask, token_type_ids) -> dict[str, torch.Tensor]:
-        shared, private = self.features(task, input_ids, attention_mask, token_type_ids)
-        pooled = mean_pool(shared, attention_mask)  # (batch, hidden)
-        if private is not None:
-            pooled = torch.cat([pooled, mean_pool(private, attention_mask)], dim=-1)
-        return {"logits": self.heads[task](pooled), **self.aux_losses(task, shared, private, attention_mask)}
+        features = self.features(task, input_ids, attention_mask, token_type_ids)
+        pooled = self.sharing.pooled(features, attention_mask)  # (batch, head width)
+        return {"logits": self.heads[task](pooled), **self.aux_losses(task, features, attention_mask)}
 
     def classify(
         self,
@@ -254,10 +225,8 @@ def build_student(
         max_summary_length=cfg.max_summary_length,
         dropout=cfg.dropout,
         encoder_source=cfg.encoder,
-        sharing=cfg.sharing,
-        private_feedforward=cfg.private_feedforward,
-        adversarial_weight=cfg.adversarial_weight,
-        orthogonality_weight=cfg.orthogonality_weight,
+        sharing=cfg.sharing.method,
+        sharing_options=asdict(cfg.sharing.options) if cfg.sharing.options is not None else None,
         summarizer=summarizing.name,
         **parts.spec,
     )
@@ -283,7 +252,8 @@ def save_student(
 
     folder.mkdir(parents=True, exist_ok=True)
     model = _model_from_spec(spec, tokenizer)
-    model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in state_dict.items()})
+    state = {k: v.float() if v.is_floating_point() else v for k, v in state_dict.items()}
+    model.load_state_dict(with_aliases(model, state))
     save_model(model, str(folder / WEIGHTS_FILE))  # handles the decoder's tied embeddings
     (folder / SPEC_FILE).write_text(json.dumps(asdict(spec), indent=2) + "\n")
     tokenizer.save_pretrained(folder)
@@ -292,7 +262,7 @@ def save_student(
 
 def load_student(folder: str | Path) -> tuple[Student, Any]:
     from safetensors import SafetensorError
-    from safetensors.torch import load_model
+    from safetensors.torch import load_file
     from transformers import AutoTokenizer
 
     folder = Path(folder)
@@ -305,11 +275,59 @@ def load_student(folder: str | Path) -> tuple[Student, Any]:
                 f"{folder}: written by an older distill (tasks as label lists, before task kinds); "
                 "retrain it with `distill train`"
             )
-        spec = StudentSpec(**data)
+        spec = StudentSpec(**_before_sharing_modes(data))
         tokenizer = AutoTokenizer.from_pretrained(folder)
         model = _model_from_spec(spec, tokenizer)
-        load_model(model, str(folder / WEIGHTS_FILE))
+        state = {
+            OLD_SHARING_KEYS.get(k.split(".")[0], "") + k: v
+            for k, v in load_file(str(folder / WEIGHTS_FILE)).items()
+        }
+        model.load_state_dict(with_aliases(model, state))
         model.codec = spec.summarizer_class.load_codec(folder, model.summarizer)
     except (OSError, ValueError, TypeError, RuntimeError, SafetensorError) as e:
         raise DistillError(f"{folder}: corrupt student folder ({e})") from None
     return model.eval(), tokenizer
+
+
+OLD_SHARING_KEYS = {"private": "sharing.", "discriminator": "sharing."}
+"""Weights an older student kept on the student itself, now in its sharing module."""
+
+
+def _before_sharing_modes(data: dict[str, Any]) -> dict[str, Any]:
+    """A spec written before sharing modes had options (private_feedforward, adversarial_weight,
+    orthogonality_weight at the top): the same student, in today's fields. Its private encoders
+    were random layers, its penalty a sum and its reversal at full strength from step 0."""
+    old = {
+        k: data.pop(k)
+        for k in ("private_feedforward", "adversarial_weight", "orthogonality_weight")
+        if k in data
+    }
+    if old and data.get("sharing") in ("shared_private", "adversarial"):
+        options = {"private_init": "random", "private_feedforward": old["private_feedforward"]}
+        if data["sharing"] == "adversarial":
+            options |= {
+                "adversarial_weight": old["adversarial_weight"],
+                "orthogonality_weight": old["orthogonality_weight"],
+                "orthogonality": "sum",
+                "reversal_ramp": 0.0,
+            }
+        data["sharing_options"] = options
+    return data
+
+
+def with_aliases(model: nn.Module, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """``state`` plus every name of ``model`` that aliases a tensor ``state`` holds under another
+    name (tied embeddings; the layers a branch shares): a saved or consolidated state keeps one
+    name per tensor, ``load_state_dict`` asks for all."""
+    names: dict[int, list[str]] = {}
+    for name, tensor in [
+        *model.named_parameters(remove_duplicate=False),
+        *model.named_buffers(remove_duplicate=False),
+    ]:
+        names.setdefault(id(tensor), []).append(name)
+    out = dict(state)
+    for group in names.values():
+        known = next((n for n in group if n in state), None)
+        if known is not None:
+            out.update({n: state[known] for n in group if n not in out})
+    return out

@@ -330,6 +330,9 @@ def train_step(recipe: Recipe, step: int) -> dict[str, Any]:
     weights: dict[str, list[float]] = {}
     real = padded = 0
     drawn: set[str] = set()
+    recipe.student.set_progress(
+        step / max(1, recipe.plan["total_steps"])
+    )  # a function of the step: resumable
     for micro in range(step * accum, (step + 1) * accum):
         # Dropout noise is a function of the micro-step, so a resumed run replays it exactly.
         torch.manual_seed(tc.seed + 7919 * micro + dist.rank())

@@ -97,7 +97,7 @@ def _summary(recipe: Recipe, start: int, log_path: Path) -> dict[str, Any]:
         "device": str(recipe.engine.device),
         "sampling": tc.sampling,
         "weighting": tc.weighting.method,
-        "sharing": tc.student.sharing,
+        "sharing": tc.student.sharing.method,
         "inputs": {"teach_outputs_sha256": recipe.client_state["teach_outputs_sha256"], "split": "train"},
         "rows": {t.name: len(t) for t in recipe.tensors},
         "row_counts": {t.name: t.counts for t in recipe.tensors if t.counts is not None},

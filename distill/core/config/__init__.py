@@ -5,7 +5,7 @@ from distill.core.config.loader import PluginSlot, apply_overrides, build, descr
 from distill.core.config.pipeline import PipelineConfig, deepspeed_zero_stage, read_pipeline
 from distill.core.config.task import DATA_SUFFIXES, SPLITS, DecodingConfig, TaskConfig
 from distill.core.config.teach import CalibrationConfig, TeachConfig, TeacherConfig
-from distill.core.config.train import StudentConfig, TrainConfig, WarmupConfig, WeightingConfig
+from distill.core.config.train import SharingConfig, StudentConfig, TrainConfig, WarmupConfig, WeightingConfig
 
 __all__ = [
     "DATA_SUFFIXES",
@@ -16,6 +16,7 @@ __all__ = [
     "EvalConfig",
     "PipelineConfig",
     "PluginSlot",
+    "SharingConfig",
     "StudentConfig",
     "TaskConfig",
     "TeachConfig",

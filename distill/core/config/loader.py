@@ -89,12 +89,14 @@ def build(cls: Any, value: Any, where: str = "", plugins: Plugins | None = None)
 
 
 def _build_dataclass(cls: Any, value: Any, where: str, plugins: Plugins) -> Any:
+    slot = plugin_slot(cls)
+    if slot is not None and isinstance(value, str):  # a plugin section written as its name alone
+        value = {slot.discriminator: value}
     if not isinstance(value, dict):
         raise ConfigError(f"{where or 'config'}: expected a mapping, got {type(value).__name__}")
     value = dict(value)
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
-    slot = plugin_slot(cls)
     options = None
     if slot is not None:
         fields.pop(slot.options)

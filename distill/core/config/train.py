@@ -45,8 +45,30 @@ class WarmupConfig:
 
 
 @dataclass
+class SharingConfig:
+    """How the tasks share the student's encoder (distill/student/sharing/, one file per mode).
+    The chosen mode's own options sit beside ``method``; ``distill config P.yaml
+    train.student.sharing`` lists them."""
+
+    PLUGIN: ClassVar[PluginSlot] = PluginSlot(registry="sharing", discriminator="method")
+
+    method: str = "hard"
+    """hard: every task reads the shared encoder; shared_private: plus a one-layer private
+    encoder per task; adversarial: shared_private plus a task discriminator behind gradient
+    reversal and an orthogonality penalty (Liu, Qiu & Huang 2017); soft: an encoder copy per
+    task tied by an L2 penalty; branch: the first layers shared, the rest per task."""
+    options: Any = None
+    """The mode's own options (its ``Options`` dataclass); None: its defaults."""
+
+
+@dataclass
 class StudentConfig:
     PLUGIN: ClassVar[PluginSlot] = PluginSlot(registry="summarizer", discriminator="summarizer")
+    MOVED: ClassVar[dict[str, str]] = {
+        "private_feedforward": "sharing.private_feedforward",
+        "adversarial_weight": "sharing.adversarial_weight",
+        "orthogonality_weight": "sharing.orthogonality_weight",
+    }
 
     encoder: str = "all-minilm-l6-v2"
     """A bundled alias (all-minilm-l6-v2), a local BERT-style folder, or a hub name."""
@@ -55,16 +77,10 @@ class StudentConfig:
     max_document_length: int = 256
     max_summary_length: int = 64
     dropout: float = 0.1
-    sharing: Literal["hard", "shared_private", "adversarial"] = "hard"
-    """hard: every task reads the shared encoder only; shared_private: plus a one-layer private
-    encoder per task; adversarial: shared_private plus a task discriminator behind gradient
-    reversal and an orthogonality penalty (Liu, Qiu & Huang 2017; distill/student/sharing.py)."""
-    private_feedforward: int = 512
-    adversarial_weight: float = 0.05
-    """λ_adv: weight of the task discriminator's loss."""
-    orthogonality_weight: float = 0.01
-    """γ: weight of ‖SᵀH‖²_F between shared and private features."""
-    summarizer: str = "bert2bert"
+    sharing: SharingConfig = field(default_factory=SharingConfig)
+    """How the tasks share the encoder (distill/student/sharing/, one file per mode); written
+    as a mode's name alone (``sharing: adversarial``) or as a section with its options."""
+    summarizer: str = "teacher_layers"
     """The summarization module (distill/student/summarizers/, one file or folder each).
     bert2bert: a decoder warm-started from the encoder's weights, cross-attending to the shared
     encoder. teacher_layers: a decoder-only student cut from the teacher's own layers, reading
@@ -74,10 +90,6 @@ class StudentConfig:
     warmup: WarmupConfig = field(default_factory=WarmupConfig)
     options: Any = None
     """The summarizer's own options (its ``Options`` dataclass); None: its defaults."""
-
-    def __post_init__(self) -> None:
-        if self.adversarial_weight < 0 or self.orthogonality_weight < 0:
-            raise ConfigError("train.student.adversarial_weight and orthogonality_weight: must be >= 0")
 
 
 @dataclass

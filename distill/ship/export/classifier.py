@@ -7,8 +7,9 @@ transformers config option switches a BERT to mean pooling, so the folder ships 
 file (modeling_distill.py beside this one, named in ``auto_map``; load with
 ``trust_remote_code=True``, offline). Its config has a model type of its own, so loading it
 *without* trust_remote_code fails loudly instead of silently building a stock classifier from
-the same weight names. Shared-private and adversarial students export exactly too: the file
-carries the task's private encoder.
+the same weight names. Every sharing mode exports exactly: the folder carries the task's own
+encoder (its copy or branch under soft or branch sharing) and, under shared-private or
+adversarial sharing, its private encoder.
 """
 
 from __future__ import annotations
@@ -33,11 +34,14 @@ PROB_TOLERANCE = 1e-4
 """Largest |exported − student| class probability still called the same model (float noise is ~1e-7)."""
 
 
-def classifier_config(student: Student, task: str, labels: list[str]) -> dict[str, Any]:
-    """config.json: the encoder's own fields, flat, plus what modeling_distill.py reads."""
-    spec, encoder = student.spec, student.encoder
+def classifier_config(
+    student: Student, task: str, labels: list[str], parts: dict[str, Any]
+) -> dict[str, Any]:
+    """config.json: the encoder's own fields, flat, plus what modeling_distill.py reads
+    (``parts``: the sharing mode's ``export_state``)."""
+    spec, encoder = student.spec, parts["encoder"]
     config = encoder.config.to_dict()
-    private = {"feedforward": spec.private_feedforward, "dropout": spec.dropout} if spec.private else None
+    private = parts["private_config"] and {**parts["private_config"], "dropout": spec.dropout}
     config.update(
         model_type="distill_mean_pool",
         architectures=["MeanPoolForSequenceClassification"],
@@ -93,14 +97,17 @@ class ClassifierExport(Exporter):
         labels = spec.tasks[task.name]["labels"]
         folder.mkdir(parents=True)
         shutil.copyfile(MODELING_SOURCE, folder / MODELING_FILE)
-        config = classifier_config(student, task.name, labels)
+        parts = student.sharing.export_state(student.encoder, task.name)
+        config = classifier_config(student, task.name, labels, parts)
         (folder / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
-        state = {f"encoder.{k}": v for k, v in student.encoder.state_dict().items()}
+        state = {f"encoder.{k}": v for k, v in parts["encoder"].state_dict().items()}
         head = student.heads[task.name][1]  # Sequential(Dropout, Linear)
         state |= {"classifier.weight": head.weight, "classifier.bias": head.bias}
-        if spec.private:
-            state |= {f"private.{k}": v for k, v in student.private[task.name].state_dict().items()}
-        tensors = {k: v.detach().float().contiguous() for k, v in state.items()}
+        if parts["private"] is not None:
+            state |= {f"private.{k}": v for k, v in parts["private"].state_dict().items()}
+        tensors = {
+            k: v.detach().float().clone().contiguous() for k, v in state.items()
+        }  # a copy each: shared embeddings are written twice
         save_file(tensors, str(folder / "model.safetensors"), metadata={"format": "pt"})
         save_tokenizer(tokenizer, folder, spec.max_length)
         return {

@@ -5,8 +5,10 @@ torch and transformers).
 The encoder (any transformers encoder: the architecture is ``config.distill_encoder_type``, its
 settings the rest of the config) has its states averaged over real tokens (mean pooling, not the
 CLS pooler) and read by one linear layer; with private sharing, the mean-pooled states of a
-one-layer private encoder over the same embeddings are concatenated first. ``mean_pool`` and
-``PrivateEncoder`` repeat distill/student/sharing.py so the folder needs no distill installed;
+one-layer private encoder over the same embeddings (a random pre-norm layer, or a copy of an
+encoder layer: then a one-layer encoder of the same architecture, with its own copy of the
+embeddings) are concatenated first. ``mean_pool`` and ``PrivateEncoder`` repeat
+distill/student/sharing/ so the folder needs no distill installed;
 the export's own check (same probabilities as the student) holds them to it.
 """
 
@@ -63,10 +65,14 @@ class MeanPoolForSequenceClassification(PreTrainedModel):
         self.encoder = AutoModel.from_config(encoder_config(config))
         private = config.distill_private
         self.private = None
-        if private:
+        if private and "layers" not in private:  # a random pre-norm layer
             self.private = PrivateEncoder(
                 config.hidden_size, config.num_attention_heads, private["feedforward"], private["dropout"]
             )
+        elif private:  # a copied layer: a one-layer encoder of the encoder's own architecture
+            one_layer = encoder_config(config)
+            one_layer.num_hidden_layers = private["layers"]
+            self.private = AutoModel.from_config(one_layer, add_pooling_layer=False)
         self.dropout = nn.Dropout(config.distill_dropout)
         width = config.hidden_size * (2 if private else 1)
         self.classifier = nn.Linear(width, config.num_labels)
@@ -78,9 +84,14 @@ class MeanPoolForSequenceClassification(PreTrainedModel):
         extra = {} if token_type_ids is None else {"token_type_ids": token_type_ids}
         states = self.encoder(input_ids=input_ids, attention_mask=attention_mask, **extra).last_hidden_state
         pooled = mean_pool(states, attention_mask)
-        if self.private is not None:
+        if isinstance(self.private, PrivateEncoder):
             embedded = self.encoder.embeddings(input_ids=input_ids, **extra)
             private_states = self.private(embedded, attention_mask)
+            pooled = torch.cat([pooled, mean_pool(private_states, attention_mask)], -1)
+        elif self.private is not None:
+            private_states = self.private(
+                input_ids=input_ids, attention_mask=attention_mask, **extra
+            ).last_hidden_state
             pooled = torch.cat([pooled, mean_pool(private_states, attention_mask)], -1)
         logits = self.classifier(self.dropout(pooled))
         loss = nn.functional.cross_entropy(logits, labels) if labels is not None else None

@@ -52,12 +52,12 @@ class Seq2SeqExport(Exporter):
 
     @classmethod
     def refusal(cls, spec: StudentSpec, task: Task) -> str | None:
-        if not spec.private:
+        if spec.sharing_class.reads_shared_encoder:
             return None
         return (
-            f"a BERT2BERT summarizer under sharing {spec.sharing!r} reads shared + private encoder "
-            "states, which a stock EncoderDecoderModel cannot compute; export the classification "
-            "tasks alone (--task)"
+            f"a BERT2BERT summarizer under sharing {spec.sharing!r} reads its task's own encoder "
+            "states (private, copied or branched), which the stock EncoderDecoderModel of the shared "
+            "encoder cannot compute; export the classification tasks alone (--task)"
         )
 
     @classmethod
@@ -69,7 +69,9 @@ class Seq2SeqExport(Exporter):
         cls, student: Student, tokenizer: Any, task: Task, folder: Path, max_new_tokens: int | None
     ) -> dict[str, Any]:
         spec = student.spec
-        assert not spec.private  # refused: the decoder reads shared + private states
+        assert (
+            spec.sharing_class.reads_shared_encoder
+        )  # refused: the decoder reads the task's own encoder states
         decoding = summary_decoding(spec, task.name, max_new_tokens)
         model = student.backbone
         prefix = spec.tasks[task.name]["prefix"]

@@ -58,8 +58,6 @@ class Summarizer:
     """The interface; each method says what the student or export asks of it."""
 
     name: ClassVar[str]
-    sharing: ClassVar[tuple[str, ...]]
-    """The train.student.sharing modes it supports."""
 
     @dataclass
     class Options:
@@ -70,8 +68,9 @@ class Summarizer:
     distill/ship/export/run.py's EXPORTERS)."""
 
     @classmethod
-    def check_pipeline(cls, cfg: PipelineConfig) -> None:
-        """Raise ConfigError for pipeline settings it cannot run under."""
+    def check_pipeline(cls, cfg: PipelineConfig, writes: bool) -> None:
+        """Raise ConfigError for pipeline settings it cannot run under (``writes``: some task of
+        the pipeline writes text, so the summarizer will be built)."""
 
     @classmethod
     def warmup(
@@ -129,7 +128,8 @@ class Summarizer:
         target_ids: torch.Tensor,
         prompt: dict[str, torch.Tensor],
     ) -> dict[str, torch.Tensor]:
-        """Teacher-forced "logits" (batch, target_len, vocab), plus any sharing losses."""
+        """Teacher-forced "logits" (batch, target_len, vocab), plus the sharing mode's auxiliary
+        losses (``student.aux_losses``)."""
         raise NotImplementedError
 
     @classmethod

