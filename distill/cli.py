@@ -251,14 +251,21 @@ def runs_(pipeline: Path = PIPELINE, set_: list[str] = SET) -> None:
 
 
 @app.command()
-def ablate(pipeline: Path = PIPELINE, set_: list[str] = SET) -> None:
+def ablate(
+    pipeline: Path = PIPELINE,
+    set_: list[str] = SET,
+    jobs: int = typer.Option(
+        1, "--jobs", help="Students trained at once, one process each (the cores split among them)."
+    ),
+) -> None:
     """Train the multi-task student, one student per task, the gold-only / KD-only / KD+gold
-    baselines and the pipeline's ablate.variants over ablate.seeds; write ablation.json/.md."""
+    baselines and the pipeline's ablate.variants over ablate.seeds (and ablate.train_rows);
+    write ablation.json/.md. Resumable: a rerun trains only the students not stored yet."""
     cfg = _load(pipeline, set_)  # validates, ablate section included, before anything runs
     _quiet()
     from distill.ops import ablate as stage
 
-    table = stage.run(pipeline, set_)
+    table = stage.run(pipeline, set_, jobs=jobs)
     typer.echo(stage.markdown(table))
     typer.echo(f"ablate: → {cfg.path / 'ablation'}", err=True)
 

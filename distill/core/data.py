@@ -51,13 +51,18 @@ def traffic_rows(path: str, seen: set[str]) -> list[dict[str, Any]]:
     return out
 
 
-def sample_rows(rows: list[dict[str, Any]], n: int, seed: int) -> list[dict[str, Any]]:
+def sample_rows(
+    rows: list[dict[str, Any]], n: int, seed: int, key_field: str | None = None
+) -> list[dict[str, Any]]:
     """The ``n`` rows with the smallest sha256(seed, row content), in their file order
     (bottom-k hashing): deterministic, independent of row positions, so appending rows to a
-    file never reshuffles which old rows are in."""
+    file never reshuffles which old rows are in, and the ``n`` rows lie inside the ``m > n``
+    rows of the same seed. ``key_field``: hash that field's value instead of the whole row
+    (where present), so a row keeps its place when other fields change (a teacher's answer)."""
 
     def key(row: dict[str, Any]) -> str:
-        content = json.dumps(row, sort_keys=True, ensure_ascii=False, default=str)
+        value = row[key_field] if key_field is not None and key_field in row else row
+        content = json.dumps(value, sort_keys=True, ensure_ascii=False, default=str)
         return hashlib.sha256(f"{seed}\n{content}".encode()).hexdigest()
 
     keys = [key(row) for row in rows]

@@ -26,7 +26,7 @@ import torch
 
 from distill.core.config import PipelineConfig, TrainConfig
 from distill.core.config.loader import plain
-from distill.core.data import read_jsonl
+from distill.core.data import read_jsonl, sample_rows
 from distill.core.errors import ConfigError, DistillError
 from distill.core.losses import IGNORE_INDEX
 from distill.core.manifest import Timer
@@ -263,6 +263,8 @@ def setup(cfg: PipelineConfig, resume: bool, timer: Timer) -> Recipe:
         corpus[task.name] = read_jsonl(output_path(cfg, task.name, "train"))
         if not corpus[task.name]:
             raise DistillError(f"task {task.name}: the teacher's train output is empty")
+        if tc.train_rows is not None:
+            corpus[task.name] = sample_rows(corpus[task.name], tc.train_rows, tc.seed, key_field="id")
         if not cfg.decoder_reads_teacher_tokens:  # another vocabulary: the text is what it learns
             for row in corpus[task.name]:
                 row.pop("teacher_tokens", None)

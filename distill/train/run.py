@@ -14,6 +14,7 @@ from typing import Any
 
 from distill.core.config import PipelineConfig
 from distill.core.manifest import Timer, write_manifest
+from distill.student.sharing import AUX_LOSSES
 from distill.train import checkpoint
 from distill.train import distributed as dist
 from distill.train.recipe import (
@@ -104,15 +105,29 @@ def _summary(recipe: Recipe, start: int, log_path: Path) -> dict[str, Any]:
         "weight_decay_groups": {k: len(v) for k, v in recipe.decay.items()},
         "student_parameters": recipe.n_parameters,
         "final_losses": _tail_means(log_path, list(recipe.tasks)),
+        "weight_range": _weight_range(log_path, list(recipe.tasks)),
     }
 
 
 def _tail_means(log_path: Path, tasks: list[str], window: int = 10) -> dict[str, float]:
-    """Mean of each task's loss over the last ``window`` logged steps it appears in."""
+    """Mean of each task's loss, and of each auxiliary sharing loss it logged (``task/adversarial``
+    …, already weighted), over the last ``window`` logged steps it appears in."""
     records = [json.loads(line) for line in log_path.read_text().splitlines()[-window * len(tasks) :]]
     out = {}
-    for t in tasks:
-        seen = [r[t] for r in records if t in r][-window:]
+    for key in [k for t in tasks for k in (t, *(f"{t}/{a}" for a in AUX_LOSSES))]:
+        seen = [r[key] for r in records if key in r][-window:]
         if seen:
-            out[t] = round(sum(seen) / len(seen), 4)
+            out[key] = round(sum(seen) / len(seen), 4)
+    return out
+
+
+def _weight_range(log_path: Path, tasks: list[str]) -> dict[str, list[float]]:
+    """Each task's [min, max] logged weight over training: how far a dynamic weighting moved."""
+    out: dict[str, list[float]] = {}
+    for line in log_path.read_text().splitlines():
+        record = json.loads(line)
+        for t in tasks:
+            if (w := record.get(f"weight/{t}")) is not None:
+                lo, hi = out.get(t, [w, w])
+                out[t] = [min(lo, w), max(hi, w)]
     return out

@@ -129,10 +129,24 @@ class AblateConfig:
     variants: dict[str, list[str]] = field(default_factory=dict)
     """Name → --set overrides on top of the pipeline, e.g.
     ``uncertainty: [train.weighting.method=uncertainty]``."""
+    train_rows: list[int] = field(default_factory=list)
+    """Train sizes: the whole table once per N, every student learning from N rows of each
+    task (``train.train_rows``: a seeded random subset per seed, nested, so the 50 rows of a
+    seed lie inside its 200); empty: every row. Where sharing should pay is little data."""
+    epochs: float | None = None
+    """With ``train_rows``: each size's step budget is ceil(epochs · N / train.batch_size), the
+    same for every system of that size (with sampling all, each classification task then sees
+    its N rows ``epochs`` times); None: train.steps at every size."""
 
     def __post_init__(self) -> None:
         if len(self.seeds) < 1 or len(set(self.seeds)) != len(self.seeds):
             raise ConfigError("ablate.seeds: at least one seed, no repeats")
+        if any(n < 1 for n in self.train_rows) or sorted(set(self.train_rows)) != self.train_rows:
+            raise ConfigError(
+                f"ablate.train_rows: positive sizes in increasing order, no repeats; got {self.train_rows}"
+            )
+        if self.epochs is not None and (self.epochs <= 0 or not self.train_rows):
+            raise ConfigError("ablate.epochs: must be > 0, and needs ablate.train_rows (sizes to scale by)")
         for name, overrides in self.variants.items():
             for item in overrides:
                 if "=" not in item or item.startswith("tasks"):

@@ -145,6 +145,11 @@ class TrainConfig:
     its rows once per epoch; otherwise epochs × the batches of all tasks together."""
     steps: int | None = None
     """A step budget (optimizer steps) instead of epochs."""
+    train_rows: int | None = None
+    """Learn from at most this many rows of each task's teach output: the rows whose
+    sha256(seed, id) is smallest (bottom-k hashing, as tasks.NAME.max_rows with sample: random),
+    so the subset of a smaller N lies inside a larger one's and rows appended to the file keep
+    the old ones' chance; None: every row. ``distill ablate``'s ablate.train_rows sets it."""
     sampling: Literal["all", "proportional", "temperature", "annealed", "uniform"] = "all"
     """Which tasks a micro-step trains on: all (a batch of every task), or one task drawn with
     p ∝ n (proportional), n^(1/T) (temperature, T5), n^α with α 1 → 0.2 over training
@@ -212,6 +217,8 @@ class TrainConfig:
             )
         if self.steps is not None and self.steps < 1:
             raise ConfigError("train.steps: must be >= 1")
+        if self.train_rows is not None and self.train_rows < 1:
+            raise ConfigError("train.train_rows: must be >= 1")
         if not 0.0 <= self.token_kd_weight <= 1.0:
             raise ConfigError("train.token_kd_weight: must be within [0, 1]")
         if self.sampling_temperature <= 0:
