@@ -12,7 +12,7 @@ from distill.core.config.loader import build
 from distill.core.errors import ConfigError
 from distill.student.sharing import sharing_class
 from distill.student.summarizers import summarizer_class
-from distill.tasks import kind_class, task_for
+from distill.tasks import kind_class, task_for, train_tasks
 from distill.teach.teachers import backend_class
 from distill.train.weighting import weighting_class
 
@@ -50,7 +50,7 @@ def check(cfg: PipelineConfig) -> None:
     backend = backend_class(cfg.teach.teacher.backend)
     backend.check_config(cfg.teach.teacher)
     cfg.teacher_vocabulary = backend.vocabulary(cfg.teach.teacher)
-    writes = any(task_for(t).generates_text for t in cfg.tasks)
+    writes = any(t.generates_text for t in train_tasks(cfg))
     summarizer_class(cfg.train.student.summarizer).check_pipeline(cfg, writes)
     _check_weighting(cfg)
     sharing_class(cfg.train.student.sharing.method).check_pipeline(

@@ -25,6 +25,7 @@ __all__ = [
     "task_config",
     "task_from_student",
     "tasks_for",
+    "train_tasks",
 ]
 
 
@@ -44,6 +45,15 @@ def task_for(cfg: TaskConfig) -> Task:
 
 def tasks_for(pipeline: PipelineConfig) -> list[Task]:
     return [task_for(t) for t in pipeline.tasks]
+
+
+def train_tasks(pipeline: PipelineConfig) -> list[Task]:
+    """The tasks the student learns: the pipeline's, then (with train.rationales) the rationale
+    task of each that asks its teacher for rationales."""
+    tasks = tasks_for(pipeline)
+    if not pipeline.train.rationales:
+        return tasks
+    return [*tasks, *(r for t in tasks if (r := t.rationale_task()) is not None)]
 
 
 def task_config(**keys: Any) -> TaskConfig:

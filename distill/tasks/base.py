@@ -142,6 +142,26 @@ class Task:
     def split_counts(self, rows: list[dict[str, Any]]) -> dict[str, Any]:
         raise NotImplementedError
 
+    def rationales(
+        self, cached: CachedTeacher, pipeline: PipelineConfig, split: str, rows: list[dict[str, Any]]
+    ) -> dict[str, Any] | None:
+        """Ask the teacher why it answered each of ``rows`` (the split's output rows), setting
+        ``teacher_rationale`` on each; returns what it cost, or None for a kind or task that
+        takes no rationales (the default)."""
+        return None
+
+    def rationale_task(self) -> Task | None:
+        """The text task that learns this task's teacher rationales through the shared decoder
+        (distill/tasks/rationale.py), or None."""
+        return None
+
+    def train_rows(self, pipeline: PipelineConfig) -> list[dict[str, Any]]:
+        """The rows the student learns this task from: its teach output's train split."""
+        from distill.core.data import read_jsonl
+        from distill.core.layout import output_path
+
+        return read_jsonl(output_path(pipeline, self.name, "train"))
+
     # --- student ----------------------------------------------------------------------------
     def student_entry(self) -> dict[str, Any]:
         """What the student's spec records for this task: kind, label names, input prefix."""

@@ -19,6 +19,7 @@ from distill.core.tensors import length_mask, pad
 from distill.eval.metrics.cascade import cascade_inputs, cascade_section
 from distill.eval.metrics.classification import classification_metrics, macro_f1
 from distill.tasks.base import Task, TimedCalls
+from distill.tasks.rationale import Rationale, ask_rationales
 from distill.teach.calibration import CONTENT_FREE_INPUTS, at_search_bound, calibrate, fit_temperature, nll
 from distill.teach.prompts import classification_prompt, few_shot_examples, template_version
 from distill.teach.select import PSEUDO_LABEL
@@ -33,6 +34,9 @@ class ClassificationOptions:
     """Gold label column; rows may lack it (then the teacher's argmax is the hard label)."""
     labels: dict[str, str] = field(default_factory=dict)
     """Label → verbalizer, the word the teacher answers with."""
+    rationale: bool = False
+    """Also ask the teacher why it gave each train row its label (one or two sentences, cached);
+    with train.rationales the shared decoder learns them as task NAME_rationale (rationale.py)."""
 
 
 class Classification(Task):
@@ -243,6 +247,12 @@ class Classification(Task):
             }
             for ex, p in zip(examples, probs)
         ]
+
+    def rationales(self, cached, pipeline, split, rows):
+        return ask_rationales(self, cached, split, rows) if self.options.rationale else None
+
+    def rationale_task(self):
+        return Rationale(self) if self.options.rationale else None
 
     def split_counts(self, rows):
         methods: dict[str, int] = {}

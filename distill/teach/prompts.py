@@ -42,6 +42,27 @@ def template_version(task: TaskConfig, labels: dict[str, str] | None = None) -> 
     return f"{PROMPT_VERSION}-{hashlib.sha256('|'.join(parts).encode()).hexdigest()[:12]}"
 
 
+RATIONALE_INSTRUCTION = (
+    "In one or two sentences, explain why the answer is {label}. Reply with the explanation only."
+)
+
+
+def rationale_prompt(task: TaskConfig, body: str, label_word: str) -> Prompt:
+    """The teacher asked why it gave a row its label (distilling step-by-step, Hsieh et al. 2023):
+    the task's own question and input (``body``, as the label prompt shows it), its answer, then
+    the request for a reason."""
+    choices = ", ".join(task.options.labels.values())
+    instruction = (task.instruction or CLASSIFY_INSTRUCTION).format(choices=choices)
+    why = RATIONALE_INSTRUCTION.format(label=label_word)
+    return Prompt(head=f"{instruction}\n\n", body=body, tail=f"\n\n{ANSWER_PREFIX} {label_word}\n\n{why}")
+
+
+def rationale_version(task: TaskConfig) -> str:
+    """The rationale template's version: the label prompt's, plus a hash of the request."""
+    digest = hashlib.sha256(RATIONALE_INSTRUCTION.encode()).hexdigest()[:8]
+    return f"{template_version(task, task.options.labels)}-why-{digest}"
+
+
 def text_body(example: Example) -> str:
     return f"Text: {example['text']}"
 

@@ -96,10 +96,13 @@ def run(cfg: PipelineConfig, teacher: Teacher | None = None) -> dict[str, Any]:
                     counts[f"{task.name}/{split}"] = {"rows": len(got), "failed": len(failed)}
                     continue
                 rows = task.output_rows(examples[split], got, fitted)
+                rationales = task.rationales(cached, cfg, split, rows)
                 if split == "train":
                     rows += pseudo  # marked teacher_method: pseudo_label
                 write_jsonl(path, rows)
                 counts[f"{task.name}/{split}"] = task.split_counts(rows)
+                if rationales is not None:
+                    counts[f"{task.name}/{split}"]["rationales"] = rationales
                 written[split] = rows
             if task.selectable and written:
                 audits[task.name] = audit(cfg, task, written)

@@ -32,7 +32,7 @@ from distill.core.losses import IGNORE_INDEX
 from distill.core.manifest import Timer
 from distill.student.model import Student, build_student, save_student
 from distill.student.sharing import AUX_LOSSES
-from distill.tasks import Task, tasks_for
+from distill.tasks import Task, train_tasks
 from distill.train import checkpoint
 from distill.train import distributed as dist
 from distill.train.batches import MultiTaskSchedule, TaskTensors
@@ -249,7 +249,7 @@ def setup(cfg: PipelineConfig, resume: bool, timer: Timer) -> Recipe:
     """Student, data, batch schedule, weighting, optimizer and the DeepSpeed engine."""
     import deepspeed
 
-    from distill.core.layout import output_path, outputs_sha256
+    from distill.core.layout import outputs_sha256
 
     tc = cfg.train
     ds_config = deepspeed_config(tc, dist.world_size())
@@ -257,10 +257,10 @@ def setup(cfg: PipelineConfig, resume: bool, timer: Timer) -> Recipe:
     if not resume and dist.is_main() and ckpt_dir.exists():
         shutil.rmtree(ckpt_dir)  # a fresh run must not resume from, or mix with, an old one
     torch.manual_seed(tc.seed)
-    tasks = {t.name: t for t in tasks_for(cfg)}
+    tasks = {t.name: t for t in train_tasks(cfg)}
     corpus = {}
     for task in tasks.values():
-        corpus[task.name] = read_jsonl(output_path(cfg, task.name, "train"))
+        corpus[task.name] = task.train_rows(cfg)
         if not corpus[task.name]:
             raise DistillError(f"task {task.name}: the teacher's train output is empty")
         if tc.train_rows is not None:

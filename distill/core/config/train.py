@@ -180,6 +180,10 @@ class TrainConfig:
     summary_targets: Literal["teacher", "reference"] = "teacher"
     """What the decoder learns to write: the teacher's summaries (sequence-level KD) or the gold
     references (the no-teacher baseline)."""
+    rationales: bool = True
+    """Learn the teacher's rationales of the classification tasks that ask for them
+    (tasks.NAME.rationale) as the text tasks NAME_rationale of the shared decoder; false: the
+    label heads alone (the rationales stay in the teach output, for an ablation)."""
     token_kd_weight: float = 0.0
     """Summaries, for a student with the teacher's vocabulary (summarizer: teacher_layers) and
     teach outputs with the teacher's top-k (teach.teacher.summary_top_k): loss = (1 − w) · CE on the

@@ -24,7 +24,12 @@ from distill.pipeline import load as load_pipeline
 from distill.tasks import Task, tasks_for
 
 BASELINES = {
-    "gold_only": ["train.hard_labels=gold", "train.soft_weight=0.0", "train.summary_targets=reference"],
+    "gold_only": [
+        "train.hard_labels=gold",
+        "train.soft_weight=0.0",
+        "train.summary_targets=reference",
+        "train.rationales=false",
+    ],
     "kd_only": ["train.hard_labels=none", "train.soft_weight=1.0"],
     "kd_gold": ["train.hard_labels=gold", "train.soft_weight=0.5"],
 }
