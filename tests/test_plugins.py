@@ -180,7 +180,8 @@ def test_a_new_task_kind_is_one_file_and_one_line(tmp_path, monkeypatch):
     Path(path).write_text(yaml.safe_dump(data))
     with pytest.raises(
         ConfigError,
-        match=r"tasks\[1\]\.tag_field: unknown key .*for this kind: text_field, label_field, labels, rationale\)$",
+        match=r"tasks\[1\]\.tag_field: unknown key .*"
+        r"for this kind: text_field, label_field, labels, rationale\)$",
     ):
         load_pipeline(path)
 

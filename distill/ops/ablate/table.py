@@ -12,6 +12,7 @@ import numpy as np
 from distill.core.config import PipelineConfig
 from distill.eval.metrics.bootstrap import bootstrap_indices, percentile_interval
 from distill.tasks import Task
+from distill.tasks.rationale import SUFFIX as RATIONALE
 
 
 def replicate_means(per_seed: np.ndarray, seed_draws: np.ndarray, rows: np.ndarray) -> np.ndarray:
@@ -97,11 +98,9 @@ def tabulate(
         sum(table["systems"][f"single/{t}"]["train_s"] for t in tasks if f"single/{t}" in table["systems"]), 1
     )
     table["verdicts"] = verdicts(tasks, results, resamples, ec.bootstrap_seed)
-    table["versus_single"] = {
-        system: verdicts(tasks, results, resamples, ec.bootstrap_seed, system)
-        for system in ["mtl", *cfg.ablate.variants]
-        if system in results
-    }
+    multi = ["mtl", *cfg.ablate.variants]
+    versus = {s: verdicts(tasks, results, resamples, ec.bootstrap_seed, s) for s in multi}
+    table["versus_single"] = {s: v for s, v in versus.items() if v}  # none without single-task students
     return table
 
 
@@ -122,7 +121,9 @@ def _final_losses(records: list[dict[str, Any]], tasks: list[str]) -> dict[str, 
     for record in records:
         for key, value in record.get("final_losses", {}).items():
             task, _, aux = key.partition("/")
-            if task in tasks:
+            if task.endswith(RATIONALE) and task[: -len(RATIONALE)] in tasks:
+                parts.setdefault("rationale", []).append(value)  # the decoder's loss on rationales
+            elif task in tasks:
                 parts.setdefault(aux or "task", []).append(value)
     return {k: round(float(np.mean(v)), 4) for k, v in parts.items()}
 
@@ -243,7 +244,8 @@ _LEGEND = (
     "training / of training and scoring. Weights: the lowest and highest task weight the "
     "weighting logged over training (a static run stays at its weights; a dynamic one that "
     "never left them did not move). Final losses: mean over tasks and seeds of the last steps' "
-    "task loss and each auxiliary sharing loss as weighted in the total. Summarization has no "
+    "task loss, each auxiliary sharing loss as weighted in the total, and the rationale tasks' "
+    "decoder loss (train.rationales). Summarization has no "
     "soft label: kd_only and kd_gold train its decoder alike."
 )
 
