@@ -11,8 +11,9 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from tqdm import tqdm
 
-from distill.core.data import Example, read_split, text_field
+from distill.core.data import Example, read_jsonl, read_split, text_field
 from distill.core.errors import ConfigError
+from distill.core.layout import output_path
 
 if TYPE_CHECKING:
     import numpy as np
@@ -157,9 +158,6 @@ class Task:
 
     def train_rows(self, pipeline: PipelineConfig) -> list[dict[str, Any]]:
         """The rows the student learns this task from: its teach output's train split."""
-        from distill.core.data import read_jsonl
-        from distill.core.layout import output_path
-
         return read_jsonl(output_path(pipeline, self.name, "train"))
 
     # --- student ----------------------------------------------------------------------------

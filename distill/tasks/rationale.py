@@ -73,18 +73,18 @@ class Rationale(Summarization):
         return []
 
     def train_rows(self, pipeline) -> list[dict[str, Any]]:
-        """The parent's train rows that carry a teacher rationale, as summarization rows: the
-        row's text as the label prompt shows it, the rationale as the teacher's summary."""
+        """The parent's train rows as summarization rows (the row's text as the label prompt
+        shows it, its rationale as the teacher's summary), one per parent row, so train.train_rows
+        draws the parent's very rows; those without a rationale are dropped with the targets."""
         return [
             {
                 "id": row["id"],
                 "document": self.parent.body(row),
                 "reference": None,
-                "teacher_summary": row["teacher_rationale"],
-                "teacher_finish_reason": row["teacher_rationale_finish_reason"],
+                "teacher_summary": row.get("teacher_rationale"),
+                "teacher_finish_reason": row.get("teacher_rationale_finish_reason"),
             }
             for row in self.parent.train_rows(pipeline)
-            if row.get("teacher_rationale")
         ]
 
     def tensors(self, rows, tokenizer, spec, train, codec=None):
@@ -92,9 +92,11 @@ class Rationale(Summarization):
         return super().tensors(rows, tokenizer, spec, dataclasses.replace(train, token_kd_weight=0.0), codec)
 
     def _training_targets(self, rows, train):
-        """The teacher's rationales whatever train.summary_targets says (none has a reference)."""
-        cut = [r["teacher_finish_reason"] == "length" for r in rows]
-        kept = [r for r, c in zip(rows, cut) if not (c and train.cut_summaries == "exclude")]
+        """The teacher's rationales whatever train.summary_targets says (none has a reference);
+        a row the teacher gave none (a pseudo label, a failed ask) is excluded."""
+        given = [r for r in rows if r["teacher_summary"]]
+        cut = [r["teacher_finish_reason"] == "length" for r in given]
+        kept = [r for r, c in zip(given, cut) if not (c and train.cut_summaries == "exclude")]
         finished = [r["teacher_finish_reason"] != "length" for r in kept]
         counts = {"cut": sum(cut), "excluded": len(rows) - len(kept)}
         return kept, [r["teacher_summary"] for r in kept], finished, counts

@@ -97,9 +97,9 @@ def tabulate(
     table["single_task_train_s"] = round(
         sum(table["systems"][f"single/{t}"]["train_s"] for t in tasks if f"single/{t}" in table["systems"]), 1
     )
-    table["verdicts"] = verdicts(tasks, results, resamples, ec.bootstrap_seed)
     multi = ["mtl", *cfg.ablate.variants]
     versus = {s: verdicts(tasks, results, resamples, ec.bootstrap_seed, s) for s in multi}
+    table["verdicts"] = versus["mtl"]
     table["versus_single"] = {s: v for s, v in versus.items() if v}  # none without single-task students
     return table
 
