@@ -11,12 +11,14 @@ import torch
 
 from distill.core.config import SharingConfig, StudentConfig
 from distill.core.errors import ConfigError
+from distill.pipeline import load as load_pipeline
 from distill.pipeline import section
 from distill.ship.export.classifier import exported_probs
 from distill.ship.export.run import export
 from distill.student.model import build_student, load_student, save_student
-from distill.student.sharing import orthogonality_penalty, reversal_ramp, tie_penalty
+from distill.student.sharing import confusion_loss, orthogonality_penalty, reversal_ramp, tie_penalty
 from distill.tasks import task_from_student
+from tests.conftest import REPO, pipeline_dict, write_pipeline
 from tests.test_export import _rows, _task
 
 
@@ -106,6 +108,45 @@ def test_adversarial_reversal_grows_with_progress(tiny_encoder):
         student("reviews", **batch)["adversarial"].backward()
         grads.append(student.encoder.encoder.layer[-1].output.dense.weight.grad.norm().item())
     assert grads[0] == 0.0 and grads[1] > 0.0  # no reversal at step 0, full at the end
+
+
+def test_confusion_trains_the_discriminator_on_the_task_and_the_encoder_towards_uniform(
+    tiny_encoder, tiny_teacher, tmp_path
+):
+    assert confusion_loss(torch.zeros(3, 4)).item() == pytest.approx(math.log(4))  # chance: ln T
+    logits = torch.tensor([[2.0, 0.0], [0.0, 0.0]])
+    by_hand = -(torch.log_softmax(logits, -1)).mean(-1).mean()
+    assert confusion_loss(logits).item() == pytest.approx(by_hand.item())
+    sharing = {"method": "adversarial", "adversary": "confusion", "reversal_ramp": 0}
+    sharing["orthogonality_weight"] = 0
+    student, tokenizer = _student(tiny_encoder, sharing)
+    student.eval()  # no dropout: the forward by hand below sees the same states
+    batch = _batch(tokenizer, ["the coffee was great", "too sweet"])
+    student("reviews", **batch)["adversarial"].backward()
+    d = student.sharing.discriminator
+    shared_grad = student.encoder.encoder.layer[-1].output.dense.weight.grad.clone()
+    d_grad = d.weight.grad.clone()
+    # The same forward by hand: the discriminator's gradient is its task CE's alone (on detached
+    # features), the encoder's is the confusion CE's alone (through detached weights).
+    student.zero_grad()
+    states = student.encoder(**batch).last_hidden_state
+    mask = batch["attention_mask"].unsqueeze(-1).float()
+    pooled = (states * mask).sum(1) / mask.sum(1)
+    task_ce = torch.nn.functional.cross_entropy(d(pooled.detach()), torch.zeros(2, dtype=torch.long))
+    (0.05 * task_ce).backward(retain_graph=True)
+    assert torch.allclose(d.weight.grad, d_grad, atol=1e-6)
+    student.zero_grad()
+    (0.05 * confusion_loss(pooled @ d.weight.detach().T + d.bias.detach())).backward()
+    assert d.weight.grad is None or not d.weight.grad.any()
+    assert torch.allclose(student.encoder.encoder.layer[-1].output.dense.weight.grad, shared_grad, atol=1e-6)
+    data = pipeline_dict(
+        tmp_path, tiny_encoder, tiny_teacher, deepspeed=str(REPO / "pipelines/deepspeed/zero3_fp32.json")
+    )
+    data["train"]["student"]["sharing"] = sharing
+    with pytest.raises(ConfigError, match="confusion reads the discriminator's whole weights"):
+        load_pipeline(write_pipeline(tmp_path, data))
+    sharing["adversary"] = "reversal"  # the paper's reversal runs under ZeRO-3
+    assert load_pipeline(write_pipeline(tmp_path, data)).train.student.sharing.options.adversary == "reversal"
 
 
 @pytest.mark.parametrize(

@@ -8,6 +8,7 @@ runs the head alone, so the serving cost is unchanged."""
 from __future__ import annotations
 
 import dataclasses
+import time
 from typing import Any
 
 from tqdm import tqdm
@@ -23,15 +24,15 @@ SUFFIX = "_rationale"
 def ask_rationales(task: Any, cached: Any, split: str, rows: list[dict[str, Any]]) -> dict[str, Any] | None:
     """The teacher's reason for its label on each train row it labelled (of a classification
     task's teach output ``rows``; pseudo-labelled rows get none), set as ``teacher_rationale``;
-    returns the cost, or None for another split. A failed ask leaves that row's rationale None
-    (it is left out of the rationale task and asked again on the next run); the other rows
-    keep theirs."""
+    returns the cost (calls, cache hits, words, seconds), or None for another split. A failed
+    ask leaves that row's rationale None (it is left out of the rationale task and asked again
+    on the next run); the other rows keep theirs."""
     if split != "train":
         return None
     rows = [r for r in rows if r["teacher_method"] != PSEUDO_LABEL]
     labels = task.options.labels
     prompts = [rationale_prompt(task.cfg, task.body(r), labels[r["teacher_label"]]) for r in rows]
-    calls, hits = cached.calls, cached.hits
+    calls, hits, started = cached.calls, cached.hits, time.perf_counter()
     with tqdm(total=len(prompts), desc=f"teach {task.name}/rationales", unit="item") as bar:
         answers = cached.summarize(prompts, rationale_version(task.cfg), bar.update)
     for row, answer in zip(rows, answers):
@@ -47,6 +48,7 @@ def ask_rationales(task: Any, cached: Any, split: str, rows: list[dict[str, Any]
         "teacher_calls": cached.calls - calls,
         "cache_hits": cached.hits - hits,
         "words": sum(len(r["teacher_rationale"].split()) for r in written),
+        "seconds": round(time.perf_counter() - started, 1),
     }
 
 

@@ -17,6 +17,7 @@ from distill.core.errors import ConfigError
 from distill.student.sharing.adversarial import (
     Adversarial,
     adversarial_task_loss,
+    confusion_loss,
     gradient_reversal,
     orthogonality_penalty,
     reversal_ramp,
@@ -40,6 +41,7 @@ __all__ = [
     "PrivateEncoder",
     "Sharing",
     "adversarial_task_loss",
+    "confusion_loss",
     "encoder_inputs",
     "gradient_reversal",
     "mean_pool",

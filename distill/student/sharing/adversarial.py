@@ -2,13 +2,15 @@
 behind a gradient-reversal layer (the shared encoder learns features the discriminator cannot
 tell apart: L_adv, weight λ_adv) and the orthogonality penalty ‖SᵀH‖²_F between a batch's
 shared and private features (L_diff, weight γ), which pushes task-specific information out of
-the shared space (Liu, Qiu & Huang 2017)."""
+the shared space (Liu, Qiu & Huang 2017). ``adversary: confusion`` swaps the reversal for a
+bounded objective: the discriminator learns the task from detached features, the encoder
+pushes its prediction towards uniform (Tzeng et al. 2015)."""
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, ClassVar, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 import torch
 import torch.nn.functional as F
@@ -17,6 +19,9 @@ from torch import nn
 from distill.core.errors import ConfigError
 from distill.student.sharing.base import Features, mean_pool
 from distill.student.sharing.private import SharedPrivate
+
+if TYPE_CHECKING:
+    from distill.core.config import PipelineConfig
 
 
 class _GradientReversal(torch.autograd.Function):
@@ -64,6 +69,12 @@ def adversarial_task_loss(logits: torch.Tensor, task_index: int) -> torch.Tensor
     return F.cross_entropy(logits.float(), target)
 
 
+def confusion_loss(logits: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy of the discriminator's prediction, logits (batch, tasks), against the uniform
+    distribution: ln(tasks) at chance, its minimum; it grows as the features give the task away."""
+    return -F.log_softmax(logits.float(), dim=-1).mean(dim=-1).mean()
+
+
 class Adversarial(SharedPrivate):
     name: ClassVar[str] = "adversarial"
     losses: ClassVar[tuple[str, ...]] = ("adversarial", "orthogonality")
@@ -77,8 +88,15 @@ class Adversarial(SharedPrivate):
         orthogonality: Literal["sum", "mean"] = "mean"
         """sum: ‖SᵀH‖²_F as in the paper, in [0, batch²]; mean: divided by batch², in [0, 1]."""
         reversal_ramp: float = 0.5
-        """Share of training over which the reversal's strength ramps 0 → 1 (Ganin & Lempitsky);
-        0: full strength from the first step."""
+        """Share of training over which the reversal's strength (with confusion: the confusion
+        term's) ramps 0 → 1 (Ganin & Lempitsky); 0: full strength from the first step."""
+        adversary: Literal["reversal", "confusion"] = "reversal"
+        """reversal: the encoder maximises the discriminator's cross-entropy through gradient
+        reversal (the paper; unbounded, so it grows past chance); confusion: the discriminator
+        learns the task from detached features, and the encoder, through the discriminator's
+        detached weights, pushes its prediction towards uniform (bounded: at chance it is
+        ln(tasks)). The logged loss is then λ_adv · (discriminator CE + strength · confusion CE).
+        Not under ZeRO-3 (it reads the discriminator's weights outside its forward)."""
 
         def __post_init__(self) -> None:
             super().__post_init__()
@@ -93,6 +111,15 @@ class Adversarial(SharedPrivate):
         self.discriminator = nn.Linear(encoder.config.hidden_size, len(tasks))
         self._task_index = {name: i for i, name in enumerate(tasks)}
 
+    @classmethod
+    def check_pipeline(cls, cfg: PipelineConfig, zero_stage: int, gradient_weighting: bool) -> None:
+        super().check_pipeline(cfg, zero_stage, gradient_weighting)
+        if zero_stage == 3 and cfg.train.student.sharing.options.adversary == "confusion":
+            raise ConfigError(
+                "train.student.sharing.adversary: confusion reads the discriminator's whole weights, "
+                "which ZeRO-3 partitions; use reversal or ZeRO 0–2"
+            )
+
     def aux_losses(
         self, task: str, features: Features, attention_mask: torch.Tensor
     ) -> dict[str, torch.Tensor]:
@@ -100,9 +127,17 @@ class Adversarial(SharedPrivate):
         shared = mean_pool(features.shared, attention_mask)
         private = mean_pool(self.private_features(features), attention_mask)
         strength = reversal_ramp(self.progress, o.reversal_ramp)
-        judged = self.discriminator(gradient_reversal(shared, strength))  # (batch, tasks)
+        index = self._task_index[task]
+        if o.adversary == "confusion":
+            judged = self.discriminator(shared.detach())  # (batch, tasks): trains the discriminator
+            d = self.discriminator
+            fooled = F.linear(shared, d.weight.detach(), d.bias.detach())  # trains the encoder
+            adversarial = adversarial_task_loss(judged, index) + strength * confusion_loss(fooled)
+        else:
+            judged = self.discriminator(gradient_reversal(shared, strength))
+            adversarial = adversarial_task_loss(judged, index)
         return {
-            "adversarial": o.adversarial_weight * adversarial_task_loss(judged, self._task_index[task]),
+            "adversarial": o.adversarial_weight * adversarial,
             "orthogonality": o.orthogonality_weight
             * orthogonality_penalty(shared, private, mean=o.orthogonality == "mean"),
         }
